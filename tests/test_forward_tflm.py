@@ -1,0 +1,142 @@
+"""Forward kernels are bit-exact with TensorFlow Lite Micro's reference kernels: random shapes,
+random quantization parameters, every output byte compared."""
+import numpy as np
+import pytest
+
+import tflm_oracle as tflm
+from tinybridge import kernels, quant
+
+SEEDS = range(12)
+ACTS = [None, "relu", "relu6"]
+
+
+def rand_quant(rng, relu_like=False):
+    scale = float(np.float32(rng.uniform(0.005, 0.2)))
+    zero = -128 if relu_like else int(rng.integers(-40, 40))
+    return scale, zero
+
+
+def conv_case(rng, depthwise, kernel=None, stride=None, padding=None, ci=None):
+    k = kernel or int(rng.choice([1, 3, 5, 7]))
+    s = stride or int(rng.choice([1, 2]))
+    pad = padding or str(rng.choice(["same", "valid"]))
+    h = int(rng.integers(k, 14))
+    w = int(rng.integers(k, 14))
+    ci = ci or int(rng.integers(1, 20))
+    co = ci if depthwise else int(rng.integers(1, 20))
+    act = ACTS[int(rng.integers(0, 3))]
+    x_q, y_q = rand_quant(rng), rand_quant(rng, act is not None and rng.random() < 0.5)
+    w_scales = rng.uniform(0.001, 0.05, co).astype(np.float32)
+    x = rng.integers(-128, 128, (h, w, ci), dtype=np.int8)
+    wshape = (k, k, ci) if depthwise else (co, k, k, ci)
+    wt = rng.integers(-127, 128, wshape, dtype=np.int8)
+    bias = rng.integers(-3000, 3000, co, dtype=np.int32)
+    return x, wt, bias, x_q, w_scales, y_q, s, pad, act
+
+
+def kernel_args(x_q, w_scales, y_q, act):
+    mult, shift = quant.conv_multipliers(x_q[0], w_scales, y_q[0])
+    lo, hi = quant.activation_range(act, *y_q)
+    return dict(mult=mult, shift=shift, input_offset=-x_q[1], output_offset=y_q[1], act_min=lo, act_max=hi)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv2d_bitexact(seed):
+    rng = np.random.default_rng(seed)
+    x, w, bias, x_q, w_scales, y_q, s, pad, act = conv_case(rng, False)
+    a = kernel_args(x_q, w_scales, y_q, act)
+    got = kernels.conv2d(x, w, bias, a.pop("mult"), a.pop("shift"), stride=s, padding=pad, **a)
+    want = tflm.conv2d(x, w, bias, x_q, w_scales, y_q, s, pad, act, got.shape[:2])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("seed", range(3))
+def test_conv2d_first_layer_rgb(seed, stride):
+    """The network's first layer: 3x3 on 3 input channels, as in all three zoo models."""
+    rng = np.random.default_rng(100 + seed)
+    x, w, bias, x_q, w_scales, y_q, s, pad, act = conv_case(rng, False, kernel=3, stride=stride,
+                                                            padding="same", ci=3)
+    a = kernel_args(x_q, w_scales, y_q, act)
+    got = kernels.conv2d(x, w, bias, a.pop("mult"), a.pop("shift"), stride=s, padding=pad, **a)
+    np.testing.assert_array_equal(got, tflm.conv2d(x, w, bias, x_q, w_scales, y_q, s, pad, act, got.shape[:2]))
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("seed", range(3))
+def test_depthwise_bitexact(seed, stride, kernel):
+    rng = np.random.default_rng(1000 * kernel + 10 * stride + seed)
+    x, w, bias, x_q, w_scales, y_q, s, pad, act = conv_case(rng, True, kernel=kernel, stride=stride)
+    a = kernel_args(x_q, w_scales, y_q, act)
+    got = kernels.depthwise_conv2d(x, w, bias, a.pop("mult"), a.pop("shift"), stride=s, padding=pad, **a)
+    want = tflm.depthwise_conv2d(x, w, bias, x_q, w_scales, y_q, s, pad, act, got.shape[:2])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pointwise_bitexact(seed):
+    rng = np.random.default_rng(200 + seed)
+    x, w, bias, x_q, w_scales, y_q, _, _, act = conv_case(rng, False, kernel=1, stride=1, padding="same",
+                                                          ci=int(rng.integers(1, 70)))
+    a = kernel_args(x_q, w_scales, y_q, act)
+    got = kernels.pointwise_conv(x, w[:, 0, 0, :], bias, a.pop("mult"), a.pop("shift"), **a)
+    want = tflm.conv2d(x, w, bias, x_q, w_scales, y_q, 1, "same", act, x.shape[:2])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_fully_connected_bitexact(seed, per_channel):
+    rng = np.random.default_rng(300 + seed)
+    ci, co = int(rng.integers(1, 200)), int(rng.integers(1, 40))
+    act = ACTS[seed % 3]
+    x_q, y_q = rand_quant(rng), rand_quant(rng)
+    w_scales = rng.uniform(0.001, 0.05, co if per_channel else 1).astype(np.float32)
+    x = rng.integers(-128, 128, ci, dtype=np.int8)
+    w = rng.integers(-127, 128, (co, ci), dtype=np.int8)
+    bias = rng.integers(-3000, 3000, co, dtype=np.int32)
+    a = kernel_args(x_q, w_scales, y_q, act)
+    got = kernels.fully_connected(x, w, bias, a.pop("mult"), a.pop("shift"), **a)
+    np.testing.assert_array_equal(got, tflm.fully_connected(x, w, bias, x_q, w_scales, y_q, act))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_avgpool_global_bitexact(seed):
+    rng = np.random.default_rng(400 + seed)
+    h, w, c = (int(v) for v in rng.integers(1, 17, 3))
+    act = ACTS[seed % 3]
+    x_q = rand_quant(rng)
+    x = rng.integers(-128, 128, (h, w, c), dtype=np.int8)
+    lo, hi = quant.activation_range(act, *x_q)
+    np.testing.assert_array_equal(kernels.avgpool_global(x, act_min=lo, act_max=hi),
+                                  tflm.avgpool_global(x, x_q, act))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_add_bitexact(seed):
+    rng = np.random.default_rng(500 + seed)
+    shape = tuple(int(v) for v in rng.integers(1, 12, 3))
+    act = ACTS[seed % 3]
+    a_q, b_q, y_q = rand_quant(rng), rand_quant(rng), rand_quant(rng)
+    a = rng.integers(-128, 128, shape, dtype=np.int8)
+    b = rng.integers(-128, 128, shape, dtype=np.int8)
+    (ma, sa), (mb, sb), (my, sy) = quant.add_multipliers(a_q[0], b_q[0], y_q[0])
+    lo, hi = quant.activation_range(act, *y_q)
+    params = kernels.add_params(-a_q[1], ma, sa, -b_q[1], mb, sb, 20, y_q[1], my, sy, lo, hi)
+    np.testing.assert_array_equal(kernels.add(a, b, params), tflm.add(a, b, a_q, b_q, y_q, act))
+
+
+def test_bad_arguments_are_value_errors():
+    x = np.zeros((4, 4, 3), np.int8)
+    w = np.zeros((2, 3), np.int8)
+    m, s = np.full(2, 1 << 30, np.int32), np.zeros(2, np.int32)
+    with pytest.raises(ValueError, match="dtype int8"):
+        kernels.pointwise_conv(x.astype(np.float32), w, None, m, s, input_offset=0, output_offset=0)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.pointwise_conv(x, np.zeros((2, 5), np.int8), None, m, s, input_offset=0, output_offset=0)
+    with pytest.raises(ValueError, match="larger than input"):
+        kernels.conv2d(x, np.zeros((2, 7, 7, 3), np.int8), None, m, s, padding="valid",
+                       input_offset=0, output_offset=0)
+    with pytest.raises(ValueError, match="act_max"):
+        kernels.pointwise_conv(x, w, None, m, s, input_offset=0, output_offset=0, act_min=10, act_max=5)
