@@ -7,7 +7,7 @@ from cffi import FFI
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KERNELS = os.path.join(ROOT, "native_kernels")
-PUBLIC_HEADERS = ["tb_kernels.h"]
+PUBLIC_HEADERS = ["tb_kernels.h", "tb_train.h"]
 # Same numerics on every target: no fused multiply-add contraction, strict C99.
 CFLAGS = ["-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"]
 

@@ -2,8 +2,12 @@
 import numpy as np
 
 from .. import _kernels
+from . import record
 
-ffi, lib = _kernels.ffi, _kernels.lib
+ffi = _kernels.ffi
+# The cffi lib behind a proxy that can record every call (record.py); without an active recorder
+# it hands out the real cffi functions.
+lib = record.LibProxy(_kernels.lib)
 
 
 def array(name, value, dtype, shape=None, ndim=None):
@@ -34,14 +38,15 @@ def integer(name, value, lo, hi):
 
 
 def ptr(ctype, a):
-    """A typed C pointer into numpy array a (None -> NULL)."""
+    """A `ctype[]` C array over numpy array a's memory (None -> NULL): it passes as a `ctype *`
+    and knows its length, so a recorder can serialize it."""
     if a is None:
         return ffi.NULL
-    return ffi.cast(ctype + " *", ffi.from_buffer(a))
+    return ffi.from_buffer(ctype + "[]", a)
 
 
 def scratch(nbytes):
-    """A scratch buffer for kernels that need one (NULL when none is needed)."""
+    """A scratch buffer (a sized uint8_t[]) for kernels that need one (NULL when none is needed)."""
     return ffi.new("uint8_t[]", nbytes) if nbytes > 0 else ffi.NULL
 
 

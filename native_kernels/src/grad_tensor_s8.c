@@ -1,0 +1,113 @@
+/* Gradient tensors: clamp masks, int32 -> int8 requantization with a per-tensor power-of-two
+ * exponent, the sum at a fork, and the per-channel weight scale applied before an input gradient. */
+#include "tb_train.h"
+#include "tb_grad.h"
+#include "tb_requant.h"
+
+void tb_clamp_mask_pack_s8(const int8_t *y, int32_t n, int32_t act_min, int32_t act_max,
+                           uint8_t *mask)
+{
+    for (int32_t i = 0; i < (n + 7) / 8; i++) mask[i] = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (y[i] > act_min && y[i] < act_max) mask[i >> 3] |= (uint8_t)(1u << (i & 7));
+}
+
+void tb_grad_apply_mask_s8(int8_t *g, const uint8_t *mask, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++)
+        if (!((mask[i >> 3] >> (i & 7)) & 1u)) g[i] = 0;
+}
+
+void tb_grad_apply_mask_s32(int32_t *acc, const uint8_t *mask, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++)
+        if (!((mask[i >> 3] >> (i & 7)) & 1u)) acc[i] = 0;
+}
+
+int32_t tb_grad_requantize_s32_s8(const int32_t *acc, int32_t n, int32_t acc_exp, int8_t *out)
+{
+    uint32_t max_abs = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const uint32_t a = tb_abs_u32(acc[i]);
+        if (a > max_abs) max_abs = a;
+    }
+    const int32_t shift = tb_grad_shift_for(max_abs);
+    /* out[i] overwrites bytes of acc[0..i] only, which are already read */
+    for (int32_t i = 0; i < n; i++) out[i] = tb_grad_round_s8(acc[i], shift);
+    return acc_exp + shift;
+}
+
+/* v * 2^s: exact for s >= 0 (|v| <= 127, s <= 23), rounded half away from zero for s < 0. */
+static int32_t tb_grad_align(int32_t v, int32_t s)
+{
+    if (s >= 0) return v * (1 << s);
+    return s < -8 ? 0 : tb_grad_round_s8(v, -s);  /* |v| / 2^9 < 1/2 rounds to 0 */
+}
+
+static uint32_t tb_max_abs_s8(const int8_t *a, int32_t n)
+{
+    uint32_t m = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const uint32_t v = tb_abs_u32(a[i]);
+        if (v > m) m = v;
+    }
+    return m;
+}
+
+int32_t tb_grad_add_s8(const int8_t *a, int32_t a_exp, const int8_t *b, int32_t b_exp, int32_t n,
+                       int8_t *out)
+{
+    /* an all-zero addend (e.g. a fully clamped branch) carries no meaningful exponent */
+    if (tb_max_abs_s8(a, n) == 0) a_exp = b_exp;
+    if (tb_max_abs_s8(b, n) == 0) b_exp = a_exp;
+    /* common exponent e: both addends at most 2^23 above it, so |sum| <= 2 * 127 * 2^23 < 2^31 */
+    const int32_t hi = a_exp > b_exp ? a_exp : b_exp;
+    const int32_t lo = a_exp < b_exp ? a_exp : b_exp;
+    const int32_t e = lo > hi - 23 ? lo : hi - 23;
+    uint32_t max_abs = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const uint32_t s = tb_abs_u32(tb_grad_align(a[i], a_exp - e) + tb_grad_align(b[i], b_exp - e));
+        if (s > max_abs) max_abs = s;
+    }
+    const int32_t shift = tb_grad_shift_for(max_abs);
+    for (int32_t i = 0; i < n; i++)
+        out[i] = tb_grad_round_s8(tb_grad_align(a[i], a_exp - e) + tb_grad_align(b[i], b_exp - e),
+                                  shift);
+    return e + shift;
+}
+
+/* mult in [2^30, 2^31) rounded to 16 bits: [2^14, 2^15], so |g| * m16 < 2^22. */
+static int32_t tb_mult16(int32_t mult)
+{
+    return (int32_t)(((uint32_t)mult + 0x8000u) >> 16);
+}
+
+int32_t tb_grad_scale_channels_s8(const int8_t *g, int32_t g_exp, int32_t n_pos, int32_t c,
+                                  const int32_t *mult, const int32_t *shift, int8_t *h)
+{
+    /* g * s_w = g * m16 * 2^(shift - 15). Exactly, at a common exponent, the largest product has
+     * bitlen top = max_k bitlen(max_p |g[p][k]| * m16[k]) + shift[k]: the bitlen rule then rounds
+     * every product at 2^(top - 7) of that common scale. */
+    int32_t top = INT32_MIN;
+    for (int32_t k = 0; k < c; k++) {
+        uint32_t g_max = 0;
+        for (int32_t p = 0; p < n_pos; p++) {
+            const uint32_t a = tb_abs_u32(g[p * c + k]);
+            if (a > g_max) g_max = a;
+        }
+        const uint32_t prod = g_max * (uint32_t)tb_mult16(mult[k]);
+        if (prod && tb_bitlen_u32(prod) + shift[k] > top) top = tb_bitlen_u32(prod) + shift[k];
+    }
+    if (top == INT32_MIN) {
+        for (int32_t i = 0; i < n_pos * c; i++) h[i] = 0;
+        return g_exp;
+    }
+    for (int32_t p = 0; p < n_pos; p++) {
+        for (int32_t k = 0; k < c; k++) {
+            /* >= 8 wherever the product is nonzero; a product < 2^22 rounds to 0 at 31 */
+            const int32_t r = tb_clamp_i32(top - 7 - shift[k], 0, 31);
+            h[p * c + k] = tb_grad_round_s8(g[p * c + k] * tb_mult16(mult[k]), r);
+        }
+    }
+    return g_exp + top - 22;
+}
