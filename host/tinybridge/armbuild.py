@@ -38,11 +38,12 @@ def build_elf(out, sources, include_dirs=(), defines=(), linker_script=None, ext
     if os.path.exists(out) and os.path.getmtime(out) >= max(os.path.getmtime(p) for p in inputs):
         return out
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = "%s.%d.tmp" % (out, os.getpid())  # concurrent builds of one target never share a temp file
     cmd = ([CC] + CFLAGS + list(extra_flags) + ["-I" + d for d in includes] + ["-D" + d for d in defines]
            + all_sources + ["-T", linker_script or os.path.join(QEMU_BOARD, "link.ld")] + LDFLAGS
-           + ["-o", out + ".tmp"])
+           + ["-o", tmp])
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise TinyBridgeError("arm build failed:\n%s\n%s" % (" ".join(cmd), result.stderr))
-    os.replace(out + ".tmp", out)
+    os.replace(tmp, out)
     return out
