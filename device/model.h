@@ -50,5 +50,7 @@ void tb_model_set_step(uint32_t step);
 int tb_exec_infer(tb_infer_result *result);
 /* One training step on the committed input. lr <= 0: the model's default. label < num_classes. */
 int tb_exec_train_step(uint16_t label, float lr, tb_step_result *result);
+/* Why the last tb_exec_* call failed (for the error response's message). */
+const char *tb_exec_error(void);
 
 #endif

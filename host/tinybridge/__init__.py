@@ -1,5 +1,8 @@
 """tinybridge: on-device int8 training for microcontrollers, driven from Python."""
-from .errors import TinyBridgeError
+from .device import Device, ModelInfo, Prediction, StepResult, connect
+from .errors import DeviceError, DeviceResetError, ProtocolError, TimeoutError, TinyBridgeError, TransportError
+from .model import Model
 
 __version__ = "0.1.0"
-__all__ = ["TinyBridgeError", "__version__"]
+__all__ = ["Device", "DeviceError", "DeviceResetError", "Model", "ModelInfo", "Prediction", "ProtocolError",
+           "StepResult", "TimeoutError", "TinyBridgeError", "TransportError", "__version__", "connect"]

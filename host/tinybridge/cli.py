@@ -1,0 +1,206 @@
+"""The `tinybridge` command (mpremote-like):
+
+    tinybridge devs                          serial ports that may be boards, and the sim
+    tinybridge [-d DEV] info                 the device, its limits, its model, its counters
+    tinybridge [-d DEV] load BLOB            upload and commit a model blob
+    tinybridge [-d DEV] infer IMAGE...       predict image files
+    tinybridge [-d DEV] train FOLDER         train on an image folder (one subfolder per class)
+    tinybridge sim [--port N]                serve the sim device on TCP for any serial tool
+    tinybridge demo                          a short self-check
+
+DEV is "sim" (default), "auto" (first ST-LINK), a serial port or a pyserial URL. With the sim,
+--flash FILE keeps its flash between commands. Errors are one line on stderr, exit status 1.
+"""
+import argparse
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+
+from . import transport
+from .device import connect
+from .errors import TinyBridgeError
+from .progress import progress_bar
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def load_image(path, shape):
+    """An image file as uint8 (H, W, C) of the model's input shape: converted and resized."""
+    from PIL import Image
+
+    h, w, c = shape
+    with Image.open(path) as img:
+        img = img.convert("RGB" if c == 3 else "L")
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        a = np.asarray(img, dtype=np.uint8)
+    return a if c == 3 else a[:, :, None]
+
+
+def image_folder(folder):
+    """(paths, labels, class names) of FOLDER/<class>/<image>, classes in name order."""
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    if not classes:
+        raise TinyBridgeError("%s has no class subfolders" % folder)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted(os.listdir(os.path.join(folder, name))):
+            if file.lower().endswith(IMAGE_SUFFIXES):
+                paths.append(os.path.join(folder, name, file))
+                labels.append(label)
+    if not paths:
+        raise TinyBridgeError("no images under %s" % folder)
+    return paths, labels, classes
+
+
+def open_device(args):
+    return connect(args.device, timeout=args.timeout, flash=args.flash)
+
+
+def need_model(dev):
+    if dev.model is None:
+        raise TinyBridgeError("the device has no model: tinybridge load BLOB first")
+    return dev.model
+
+
+def cmd_devs(args):
+    from serial.tools import list_ports
+
+    stlinks = {p.device for p in transport.stlink_ports()}
+    print("sim\tthe runtime built for this computer")
+    for p in list_ports.comports():
+        print("%s\t%s%s" % (p.device, p.description, "  [ST-LINK: -d auto]" if p.device in stlinks else ""))
+
+
+def cmd_info(args):
+    with open_device(args) as dev:
+        info = dev.info()
+        model = info.pop("model")
+        for key, value in info.items():
+            print("%-18s %s" % (key, value))
+        if model:
+            for key, value in model.items():
+                print("model.%-12s %s" % (key, value))
+        else:
+            print("model              none")
+        for key, value in dev.stats().items():
+            print("stats.%-12s %s" % (key, value))
+
+
+def cmd_load(args):
+    with open_device(args) as dev:
+        model = dev.load_model(args.blob, progress=True)
+        print("loaded %s: input %dx%dx%d, %d classes, arena %d bytes, params %d bytes"
+              % (args.blob, *model.input_shape, model.num_classes, model.arena_bytes, model.params_bytes))
+
+
+def cmd_infer(args):
+    with open_device(args) as dev:
+        model = need_model(dev)
+        for path in args.images:
+            p = dev.infer(load_image(path, model.input_shape))
+            print("%s\t%d\t%s" % (path, p.label, " ".join("%.3f" % s for s in p.scores)))
+
+
+def cmd_train(args):
+    paths, labels, classes = image_folder(args.folder)
+    with open_device(args) as dev:
+        model = need_model(dev)
+        if len(classes) != model.num_classes:
+            raise TinyBridgeError("%s has %d classes (%s); the model has %d"
+                                  % (args.folder, len(classes), ", ".join(classes), model.num_classes))
+        images = [load_image(p, model.input_shape) for p in paths]
+        order = list(range(len(images)))
+        rng = random.Random(args.seed)
+        for epoch in range(1, args.epochs + 1):
+            rng.shuffle(order)
+            bar = progress_bar(len(order), "epoch %d/%d" % (epoch, args.epochs), unit="img")
+            loss_sum, correct = 0.0, 0
+            for done, i in enumerate(order, 1):
+                result = dev.train_step(images[i], labels[i], lr=args.lr)
+                loss_sum += result.loss
+                correct += result.label_pred == labels[i]
+                bar.set_postfix_str("loss %.3f acc %.1f%%" % (loss_sum / done, 100.0 * correct / done))
+                bar.update_to(done)
+            bar.close()
+        if args.save:
+            print("saved checkpoint %d" % dev.save())
+        print("trained %d steps (device step %d)" % (args.epochs * len(order), result.step))
+
+
+def cmd_sim(args):
+    cmd = [transport.sim_executable(), "--tcp", str(args.port)] + (["--flash", args.flash] if args.flash else [])
+    try:  # the sim announces its address on stderr
+        subprocess.run(cmd, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_demo(args):
+    """A short self-check until the real demo exists: the host kernels, then the sim device."""
+    from . import kernels
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, 64, dtype=np.int8)
+    w = rng.integers(-8, 8, (10, 64), dtype=np.int8)
+    bias = rng.integers(-500, 500, 10, dtype=np.int32)
+    # multiplier 2^30 with shift 1 is exactly 1.0: the output is the clamped accumulator
+    y = kernels.fully_connected(x, w, bias, np.array([1 << 30], np.int32), np.array([1], np.int32),
+                                input_offset=3, output_offset=-5)
+    expected = np.clip(w.astype(np.int32) @ (x.astype(np.int32) + 3) + bias - 5, -128, 127)
+    ok = np.array_equal(np.asarray(y, np.int32), expected)
+    print("kernels: fully_connected against numpy: %s" % ("ok" if ok else "MISMATCH"))
+    with connect("sim", timeout=args.timeout) as dev:
+        info = dev.info()
+        print("sim: %s firmware %s, protocol %d, arena %d KB, model slot %d KB"
+              % (info["board"], info["firmware_version"], info["protocol_version"], info["arena_bytes"] // 1024,
+                 info["model_slot_bytes"] // 1024))
+    if not ok:
+        raise TinyBridgeError("kernel self-check failed")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="tinybridge", description="Drive a tinybridge device.")
+    p.add_argument("-d", "--device", default="sim", help='"sim" (default), "auto", a serial port or a pyserial URL')
+    p.add_argument("--flash", help="the sim's flash image file (kept between commands)")
+    p.add_argument("-t", "--timeout", type=float, default=5.0, help="seconds to wait for each answer")
+    sub = p.add_subparsers(dest="verb", required=True)
+    sub.add_parser("devs", help="list serial ports and the sim").set_defaults(run=cmd_devs)
+    sub.add_parser("info", help="device, model and counters").set_defaults(run=cmd_info)
+    s = sub.add_parser("load", help="upload and commit a model blob")
+    s.add_argument("blob")
+    s.set_defaults(run=cmd_load)
+    s = sub.add_parser("infer", help="predict image files")
+    s.add_argument("images", nargs="+")
+    s.set_defaults(run=cmd_infer)
+    s = sub.add_parser("train", help="train on FOLDER/<class>/<image>")
+    s.add_argument("folder")
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    s.add_argument("--seed", type=int, default=0, help="shuffling seed")
+    s.add_argument("--save", action="store_true", help="persist the trained parameters at the end")
+    s.set_defaults(run=cmd_train)
+    s = sub.add_parser("sim", help="serve the sim device on a TCP port")
+    s.add_argument("--port", type=int, default=2217)
+    s.set_defaults(run=cmd_sim)
+    sub.add_parser("demo", help="a short self-check").set_defaults(run=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (TinyBridgeError, ValueError, OSError) as e:
+        print("tinybridge: error: %s" % e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Model: a planned int8 graph, ready to send to a device (Device.load_model) or simulate."""
+import struct
+from collections import namedtuple
+
+import numpy as np
+
+from . import blob
+from . import plan as P
+
+# Planned bytes: sram = the arena (params region included), flash = the blob, params = the params
+# region (what SAVE persists and read_params returns); peak_at names the step of the arena's peak.
+Memory = namedtuple("Memory", "sram flash params peak_at")
+
+
+class Model:
+    """A Graph (tinybridge.graph) and its arena plan (tinybridge.plan, planned here when not given).
+    Build a new Model after changing what the graph trains."""
+
+    def __init__(self, graph, plan=None):
+        self.graph = graph
+        self.plan = P.plan(graph) if plan is None else plan
+
+    @classmethod
+    def from_bytes(cls, data):
+        g, p = blob.read(data)
+        return cls(g, p)
+
+    @classmethod
+    def load(cls, path):
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read())
+
+    def to_bytes(self):
+        return blob.write(self.graph, self.plan)
+
+    def save(self, path):
+        with open(path, "wb") as f:
+            f.write(self.to_bytes())
+
+    @property
+    def memory(self):
+        peak_at = self.plan.peak_step[1] if self.plan.steps else None
+        return Memory(self.plan.arena_bytes, len(self.to_bytes()), self.plan.params_bytes, peak_at)
+
+    @property
+    def input_shape(self):
+        return self.graph.tensors[self.graph.input].shape
+
+    @property
+    def num_classes(self):
+        return self.graph.tensors[self.graph.output].shape[2]
+
+    def input_tensor(self, image):
+        """The int8 input tensor (H, W, C) of a uint8 image (H, W, C) or (H, W): pixel - 128, the
+        input transfer's rule (docs/blob-format.md). A shape other than the model's is a ValueError."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError("images must be numpy.uint8, got %s" % image.dtype)
+        h, w, c = self.input_shape
+        if image.ndim == 2 and c == 1:
+            image = image[:, :, None]
+        if image.shape != (h, w, c):
+            raise ValueError("image shape %s does not match the model's input (%d, %d, %d)"
+                             % (image.shape, h, w, c))
+        return (image.astype(np.int16) - 128).astype(np.int8)
+
+    def apply_params(self, params):
+        """Take trained parameters (the params region, as Device.read_params returns it) into the
+        graph: trained biases and weights, the step count and the stochastic-rounding state.
+        Velocities are not kept (a loaded model restarts them at 0)."""
+        params = bytes(params)
+        if len(params) != self.plan.params_bytes:
+            raise ValueError("params of %d bytes, the model's params region has %d"
+                             % (len(params), self.plan.params_bytes))
+        self.graph.step, self.graph.seed = struct.unpack_from("<II", params)
+        for op in self.graph.ops:
+            refs = self.plan.op_refs[op.name]
+            if refs["bias_param"] is not None:
+                off = self.plan.buffers[refs["bias_param"]].offset
+                op.bias = np.frombuffer(params, np.int32, op.bias.size, off).copy()
+            if refs["weight_param"] is not None:
+                off = self.plan.buffers[refs["weight_param"]].offset
+                op.weights = np.frombuffer(params, np.int8, op.weights.size, off).reshape(op.weights.shape).copy()

@@ -1,0 +1,133 @@
+"""The Device API on the sim (input checks, evaluate, read_model, stats) and the `tinybridge` CLI."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tinybridge as tb
+from tinybridge.metrics import classification_metrics
+
+from sim_helpers import faces, tiny_blob
+
+
+@pytest.fixture
+def dev():
+    with tb.connect("sim") as d:
+        d.load_model(tiny_blob(), progress=False)
+        yield d
+
+
+def test_image_checks_name_the_expected_shape(dev):
+    with pytest.raises(ValueError, match=r"\(32, 32, 1\) or \(32, 32\)"):
+        dev.infer(np.zeros((28, 28), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        dev.infer(np.zeros((32, 32), np.float32))
+    assert dev.infer(np.zeros((32, 32), np.uint8)).label in (0, 1)  # (H, W) for one channel
+
+
+def test_label_and_lr_checks_before_sending(dev):
+    images, _ = faces(1)
+    for label in (2, -1, 1.0, True):
+        with pytest.raises(ValueError, match="label"):
+            dev.train_step(images[0], label)
+    with pytest.raises(ValueError, match="lr"):
+        dev.train_step(images[0], 0, lr=float("nan"))
+    assert dev.stats()["steps"] == 0
+
+
+def test_no_model_is_an_error():
+    with tb.connect("sim") as d:
+        with pytest.raises(tb.TinyBridgeError, match="no model"):
+            d.infer(np.zeros((32, 32), np.uint8))
+
+
+def test_infer_train_evaluate_stats(dev):
+    images, labels = faces(24)
+    p = dev.infer(images[0])
+    assert p.scores.shape == (2,) and p.label == int(np.argmax(p.scores))
+    for i, (img, label) in enumerate(zip(images, labels), 1):
+        result = dev.train_step(img, label, lr=0.02)
+        assert result.step == i and np.isfinite(result.loss)
+    metrics = dev.evaluate(images, labels)
+    assert metrics["n"] == 24 and metrics["average"] == "binary" and 0 <= metrics["accuracy"] <= 1
+    stats = dev.stats()
+    assert stats["steps"] == 24 and stats["last_step"] > 0 and stats["last_infer"] > 0
+    assert 0 < stats["arena_high_water"] <= dev.info()["arena_bytes"]
+    with pytest.raises(ValueError, match="labels"):
+        dev.evaluate(images[:2], labels[:3])
+
+
+def test_read_model_carries_the_trained_parameters(dev):
+    images, labels = faces(3)
+    for img, label in zip(images, labels):
+        dev.train_step(img, label)
+    model = dev.read_model()
+    assert model.graph.step == 3
+    assert model.to_bytes() != tiny_blob()
+
+
+def test_classification_metrics_binary_and_macro():
+    m = classification_metrics([1, 1, 0, 0], [1, 0, 0, 1], 2)
+    assert (m["accuracy"], m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5, 0.5)
+    m = classification_metrics([0, 1, 2, 2], [0, 2, 2, 2], 4)
+    assert m["average"] == "macro" and m["accuracy"] == 0.75
+    assert m["recall"] == pytest.approx((1 + 0 + 1) / 3)  # class 3 never occurs: not averaged
+    assert m["precision"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+
+
+def run_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "tinybridge.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_cli_load_info_infer_train(tmp_path):
+    blob = tmp_path / "tiny.blob"
+    blob.write_bytes(tiny_blob())
+    flash = str(tmp_path / "flash.img")
+    images, labels = faces(8)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "data" / ("face" if label else "other")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[:, :, 0]).resize((40, 40)).save(folder / ("%d.png" % i))  # resized back by the CLI
+    r = run_cli("--flash", flash, "load", str(blob))
+    assert r.returncode == 0, r.stderr
+    assert "2 classes" in r.stdout
+    r = run_cli("--flash", flash, "train", str(tmp_path / "data"), "--epochs", "2", "--save")
+    assert r.returncode == 0, r.stderr
+    assert "trained 16 steps (device step 16)" in r.stdout and "saved checkpoint 1" in r.stdout
+    r = run_cli("--flash", flash, "infer", str(next((tmp_path / "data" / "face").iterdir())))
+    assert r.returncode == 0 and re.search(r"\.png\t[01]\t", r.stdout)
+    r = run_cli("--flash", flash, "info")
+    assert "model.step" in r.stdout and re.search(r"model\.step\s+16", r.stdout)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = run_cli("load", str(tmp_path / "missing.blob"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("tinybridge: error:")
+    r = run_cli("infer", str(tmp_path / "x.png"))
+    assert r.returncode == 1 and "no model" in r.stderr
+    r = run_cli("-d", "auto", "info")
+    assert r.returncode == 1 and "ST-LINK" in r.stderr
+
+
+def test_cli_sim_serves_tcp():
+    proc = subprocess.Popen([sys.executable, "-m", "tinybridge.cli", "sim", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r":(\d+)", proc.stderr.readline()).group(1))
+        with tb.connect("socket://127.0.0.1:%d" % port) as d:
+            assert d.info()["board"] == "sim"
+        with tb.connect("socket://127.0.0.1:%d" % port) as d:  # the next client after a disconnect
+            assert d.info()["board"] == "sim"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_cli_demo():
+    r = run_cli("demo")
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout and "sim" in r.stdout
