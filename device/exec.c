@@ -169,6 +169,8 @@ static void contribute_acc(const tb_model *m, uint32_t i, int32_t *acc, int32_t 
 {
     const uint16_t t = m->ops[i].input0;
     const int32_t n = (int32_t)tb_tensor_size(&m->tensors[t]);
+    /* masked before requantizing, so the exponent fits the values that survive the input's clamp */
+    tb_grad_apply_mask_s32(acc, tb_model_buffer(m, m->tensors[t].mask), n);
     if (tb_model_grad_is_first(m, i, 0)) {
         grad_exp[t] = tb_grad_requantize_s32_s8(acc, n, acc_exp, grad(m, t));
     } else {

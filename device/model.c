@@ -363,9 +363,14 @@ static int accumulators_fit(check *c, const tb_blob_op *op)
     if (!is_weighted(op->kind)) return 0;
     const int32_t *bias = data_i32(m, op->bias);
     const int32_t *mult = data_i32(m, op->mult), *shift = data_i32(m, op->shift);
+    const int trained_bias = (op->train & TB_TRAIN_BIAS) != 0;
     for (uint32_t k = 0; k < m->tensors[op->output].c; k++) {
         const int64_t s = (int64_t)max_products(m, op, k);
-        const int64_t hi = bias[k] + s, lo = bias[k] - s;
+        /* a trained bias may move anywhere within the update's saturation limit */
+        if (trained_bias && (bias[k] > TB_TRAINED_BIAS_LIMIT || bias[k] < -TB_TRAINED_BIAS_LIMIT))
+            return reject(c, "channel %u: trained bias beyond +-2^30", (unsigned)k);
+        const int64_t hi = (trained_bias ? TB_TRAINED_BIAS_LIMIT : bias[k]) + s;
+        const int64_t lo = (trained_bias ? -TB_TRAINED_BIAS_LIMIT : bias[k]) - s;
         const uint64_t max_abs = (uint64_t)(hi > -lo ? hi : -lo);
         if (hi > INT32_MAX || lo < INT32_MIN || requantized_bound(max_abs, mult[k], shift[k]) > limit)
             return reject(c, "channel %u: bias and products could overflow int32", (unsigned)k);

@@ -171,6 +171,16 @@ def test_step_arguments(model):
     assert params == simulate_records(model, recs)[1]
 
 
+def test_huge_steps_saturate_without_overflow(model):
+    """Steps with an absurd learning rate push every trained bias and weight to its saturation
+    limit; the forward kernels must still not overflow int32 (UBSan would stop the harness), and
+    the device must still equal the simulation."""
+    recs = records(model, 3, 0, lr=1e30) + records(model, 2, 1)
+    _, got, params, _, _ = H.run([model.to_bytes()], recs, CAPACITY)
+    assert all(r[1] == 0 for r in got)
+    assert params == simulate_records(model, recs)[1]
+
+
 def test_inference_only_model_refuses_to_train():
     images, _ = tiny_model.faces()
     m = Model(graph.tiny_cnn(images[:8]))

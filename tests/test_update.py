@@ -216,15 +216,19 @@ def test_weights_saturate_not_wrap():
     assert w2.tolist() == [[[127, -127]]]
 
 
-def test_bias_saturates_at_int32():
-    b = np.array([INT32_MAX - 10, INT32_MIN + 10, INT32_MAX, INT32_MIN, 0, 5], np.int32)
+def test_bias_saturates_at_the_trained_limit():
+    """A trained bias saturates at +-2^30 (TB_TRAINED_BIAS_LIMIT), never wraps, so the forward
+    kernels' int32 sums stay safe after any number of steps."""
+    lim = K.TRAINED_BIAS_LIMIT
+    assert lim == 1 << 30
+    b = np.array([lim - 10, -lim + 10, INT32_MAX, INT32_MIN, 0, 5], np.int32)
     grad_b = np.array([-100, 100, -(1 << 30), 1 << 30, -(1 << 30), 0], np.int32)
     scale = np.ones(6, F32)
     b2, _, _ = K.sgd_update_bias(b, grad_b, grad_scale=1.0, param_scale=scale, lr=1.0, rng=11)
-    assert b2.tolist() == [INT32_MAX, INT32_MIN, INT32_MAX, INT32_MIN, 1 << 30, 5]
+    assert b2.tolist() == [lim, -lim, lim, -lim, lim, 5]
     # one step far beyond the int32 range (and beyond float's int64-safe range) saturates
     b3, _, _ = K.sgd_update_bias(b, grad_b, grad_scale=1e20, param_scale=scale, lr=1e10, rng=11)
-    assert b3.tolist() == [INT32_MAX, INT32_MIN, INT32_MAX, INT32_MIN, INT32_MAX, 5]
+    assert b3.tolist() == [lim, -lim, lim, -lim, lim, 5]
 
 
 # ---------------- sub-LSB updates accumulate ----------------

@@ -160,11 +160,11 @@ class Simulator:
             if v is not None:
                 self.bias_velocity[op.name] = v
         if g.grad_to_input(op, 0, self._needs):
-            self._input_grad(i, gy, e, grads)
+            self._input_grad(i, gy, e, grads, masks)
         if op.train_weights:
             self._weight_update(op, values[op.inputs[0]], gy, e, lr)
 
-    def _input_grad(self, i, gy, e, grads):
+    def _input_grad(self, i, gy, e, grads, masks):
         g = self.graph
         op = g.ops[i]
         x = g.tensors[op.inputs[0]]
@@ -178,6 +178,8 @@ class Simulator:
             acc = kernels.pointwise_input_grad(h, w)
         else:
             acc = kernels.pointwise_input_grad(h.reshape(1, -1), w).reshape(x.shape)
+        # masked before requantizing, so the exponent fits the values that survive the input's clamp
+        acc = kernels.apply_mask(acc, masks[op.inputs[0]])
         self._contribute(grads, i, 0, *kernels.grad_requantize(acc, eh))
 
     def _weight_update(self, op, xv, gy, e, lr):

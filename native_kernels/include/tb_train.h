@@ -23,7 +23,10 @@
 
 enum {
     TB_GRAD_MAX_POSITIONS = 65536,   /* output positions summed by a weight or bias gradient */
-    TB_GRAD_MAX_FAN_OUT = 131072     /* kernel_h * kernel_w * out_c summed by an input gradient */
+    TB_GRAD_MAX_FAN_OUT = 131072,    /* kernel_h * kernel_w * out_c summed by an input gradient */
+    /* a trained bias saturates here, so that bias + 255 * 128 * fan_in stays an int32 in the forward
+     * kernels for every fan_in below 2^15 (the loader checks the fan-in) */
+    TB_TRAINED_BIAS_LIMIT = 1 << 30
 };
 
 /* ---------------- gradient tensors ---------------- */
@@ -146,7 +149,7 @@ tb_status tb_sgd_update_depthwise_s8(int8_t *w, int32_t taps, int32_t ch, const 
                                      const float *param_scale, float lr, float momentum,
                                      float *velocity, uint32_t *rng);
 
-/* biases b [n]: grad_b, velocity and param_scale [n]. */
+/* biases b [n]: grad_b, velocity and param_scale [n]; saturate to +-TB_TRAINED_BIAS_LIMIT. */
 tb_status tb_sgd_update_bias_s32(int32_t *b, int32_t n, const int32_t *grad_b, float grad_scale,
                                  const float *param_scale, float lr, float momentum,
                                  float *velocity, uint32_t *rng);

@@ -122,7 +122,8 @@ tb_status tb_sgd_update_bias_s32(int32_t *b, int32_t n, const int32_t *grad_b, f
                            (lr / param_scale[i]);
         /* |step| >= 2^33 saturates any int32 bias, so 2^33 loses nothing */
         const int64_t v = (int64_t)b[i] - tb_stochastic_round(step, 8589934592.0f, rng);
-        b[i] = (int32_t)(v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : v));
+        b[i] = (int32_t)(v < -TB_TRAINED_BIAS_LIMIT ? -TB_TRAINED_BIAS_LIMIT
+                                                    : (v > TB_TRAINED_BIAS_LIMIT ? TB_TRAINED_BIAS_LIMIT : v));
     }
     return TB_OK;
 }

@@ -10,6 +10,7 @@ from . import _checks as C
 from .forward import conv_params, out_size
 
 EXP_LIMIT = 1 << 24  # exponents far beyond anything a float32 scale can express, still safe in C
+TRAINED_BIAS_LIMIT = C.lib.TB_TRAINED_BIAS_LIMIT  # where sgd_update_bias saturates
 
 
 def _exp(name, value):
