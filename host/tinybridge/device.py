@@ -7,6 +7,7 @@ import struct
 import numpy as np
 
 from .errors import DeviceError, DeviceResetError, TimeoutError, TinyBridgeError
+from . import preprocess
 from .metrics import classification_metrics
 from .progress import progress_bar
 from .protocol import Client, Command, Slot, u32
@@ -146,18 +147,7 @@ class Device:
         return self.model
 
     def _input_bytes(self, img):
-        """The image as the input tensor wants it: int8 = pixel - 128, HWC."""
-        h, w, c = self._need_model().input_shape
-        a = np.asarray(img)
-        if a.dtype != np.uint8:
-            raise ValueError("image must be numpy.uint8 of shape (%d, %d, %d), got dtype %s" % (h, w, c, a.dtype))
-        if a.ndim == 2 and c == 1:
-            a = a[:, :, None]
-        if a.shape != (h, w, c):
-            expected = "(%d, %d, %d)%s" % (h, w, c, " or (%d, %d)" % (h, w) if c == 1 else "")
-            raise ValueError("image of shape %s; the model expects %s (tinybridge.preprocess resizes)"
-                             % (tuple(a.shape), expected))
-        return np.ascontiguousarray(a ^ 0x80).tobytes()
+        return np.ascontiguousarray(preprocess.input_tensor(img, self._need_model().input_shape)).tobytes()
 
     def _check_label(self, label):
         classes = self._need_model().num_classes

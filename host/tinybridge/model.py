@@ -4,7 +4,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import blob
+from . import blob, preprocess
 from . import plan as P
 
 # Planned bytes: sram = the arena (params region included), flash = the blob, params = the params
@@ -51,18 +51,8 @@ class Model:
         return self.graph.tensors[self.graph.output].shape[2]
 
     def input_tensor(self, image):
-        """The int8 input tensor (H, W, C) of a uint8 image (H, W, C) or (H, W): pixel - 128, the
-        input transfer's rule (docs/blob-format.md). A shape other than the model's is a ValueError."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8:
-            raise ValueError("images must be numpy.uint8, got %s" % image.dtype)
-        h, w, c = self.input_shape
-        if image.ndim == 2 and c == 1:
-            image = image[:, :, None]
-        if image.shape != (h, w, c):
-            raise ValueError("image shape %s does not match the model's input (%d, %d, %d)"
-                             % (image.shape, h, w, c))
-        return (image.astype(np.int16) - 128).astype(np.int8)
+        """The int8 input tensor of a uint8 image (preprocess.input_tensor)."""
+        return preprocess.input_tensor(image, self.input_shape)
 
     def apply_params(self, params):
         """Take trained parameters (the params region, as Device.read_params returns it) into the
