@@ -12,7 +12,6 @@ DEV is "sim" (default), "auto" (first ST-LINK), a serial port or a pyserial URL.
 --flash FILE keeps its flash between commands. Errors are one line on stderr, exit status 1.
 """
 import argparse
-import os
 import random
 import subprocess
 import sys
@@ -20,41 +19,10 @@ import sys
 import numpy as np
 
 from . import transport
+from .datasets import image_folder, load_image
 from .device import connect
 from .errors import TinyBridgeError
 from .progress import progress_bar
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def load_image(path, shape):
-    """An image file as uint8 (H, W, C) of the model's input shape: converted and resized."""
-    from PIL import Image
-
-    h, w, c = shape
-    with Image.open(path) as img:
-        img = img.convert("RGB" if c == 3 else "L")
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.BILINEAR)
-        a = np.asarray(img, dtype=np.uint8)
-    return a if c == 3 else a[:, :, None]
-
-
-def image_folder(folder):
-    """(paths, labels, class names) of FOLDER/<class>/<image>, classes in name order."""
-    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-    if not classes:
-        raise TinyBridgeError("%s has no class subfolders" % folder)
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        for file in sorted(os.listdir(os.path.join(folder, name))):
-            if file.lower().endswith(IMAGE_SUFFIXES):
-                paths.append(os.path.join(folder, name, file))
-                labels.append(label)
-    if not paths:
-        raise TinyBridgeError("no images under %s" % folder)
-    return paths, labels, classes
-
 
 def open_device(args):
     return connect(args.device, timeout=args.timeout, flash=args.flash)
