@@ -8,6 +8,7 @@ void Default_Handler(void);
 void HardFault_Handler(void) __attribute__((weak, alias("Default_Handler")));
 void SysTick_Handler(void) __attribute__((weak, alias("Default_Handler")));
 void UART0RX_IRQHandler(void) __attribute__((weak, alias("Default_Handler")));
+void TIMER0_IRQHandler(void) __attribute__((weak, alias("Default_Handler")));
 void board_exit(int code) __attribute__((weak, noreturn));
 
 /* 16 system vectors + 32 external IRQs (mps2-an500: num-irq = 32) */
@@ -23,6 +24,7 @@ void (*const vector_table[16 + 32])(void) = {
     Default_Handler,   /* PendSV */
     SysTick_Handler,
     [16 + 0] = UART0RX_IRQHandler,
+    [16 + 8] = TIMER0_IRQHandler,
 };
 
 void Reset_Handler(void)

@@ -5,6 +5,8 @@ A Transport reads (waiting up to a timeout for at least one byte), writes, and c
 
 * ``"sim"``: spawns the sim executable (the runtime built for this computer) on pipes; closing
   kills it. ``$TINYBRIDGE_SIM`` overrides the executable (the tests use a sanitized build).
+* ``"qemu"``: builds the Cortex-M7 firmware if needed and starts it under qemu-system-arm
+  (tinybridge.qemu); closing stops QEMU.
 * ``"auto"``: the first ST-LINK virtual COM port (USB 0483:374B, 0483:3752, 0483:374E).
 * a device path (``/dev/ttyACM0``, ``COM3``) or a pyserial URL (``socket://host:port``,
   ``rfc2217://host:port``, ``loop://``).
@@ -161,5 +163,7 @@ def open_transport(port="sim", *, baud=DEFAULT_BAUD, flash=None):
                                  "name the port, e.g. /dev/ttyACM0")
         port = found[0].device
     if port == "qemu":
-        raise TransportError("the qemu target is not available yet")
+        from .qemu import QemuTransport
+
+        return QemuTransport()
     return SerialTransport(port, baud)
