@@ -1,0 +1,118 @@
+/* ARMv7E-M DSP helpers for the kernels' DSP paths. Internal header.
+ *
+ * TB_DSP is 1 when the DSP path is compiled: the target has the DSP extension
+ * (__ARM_FEATURE_DSP: SMLAD, SXTB16, SSAT...) and TB_NO_DSP is not defined (the kernel benchmark
+ * builds a plain-C copy of every kernel with TB_NO_DSP to check the DSP path against it).
+ * Everything below the #if is only for DSP paths; plain-C paths never include more than TB_DSP.
+ *
+ * Exact requantization (docs/kernels.md, "Optimized kernels"): TFLite's
+ *   y = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc, M), e) + out_off
+ * with e = -shift >= 1 equals, for |acc| < 2^29,
+ *   y = (SMMLAR(2 * acc, M, K) + (acc < 0 ? -1 : 0)) >> e,   K = 2^(e-1) + out_off * 2^e
+ * because SRDHM(acc, M) = floor((2 acc M + 2^31) / 2^32) (its sign-dependent nudge gives the same
+ * floor for both signs), RoundingDivideByPOT(v, e) = floor((v + 2^(e-1) - [v < 0]) / 2^e), and
+ * v < 0 only if acc < 0, while acc < 0 with v = 0 rounds to the same result either way. Adding
+ * out_off * 2^e before the floor shift is exact. Kernels use it only after tb_dsp_requant_ok(). */
+#ifndef TB_DSP_H
+#define TB_DSP_H
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP) && !defined(TB_NO_DSP)
+#define TB_DSP 1
+#else
+#define TB_DSP 0
+#endif
+
+#if TB_DSP
+#include <arm_acle.h>
+
+#define TB_INLINE static inline __attribute__((always_inline))
+
+/* 4 bytes from any address (the M7 allows unaligned LDR; memcpy keeps C aliasing rules). */
+TB_INLINE uint32_t tb_read32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* SXTB16 / SXTAB16 of the odd bytes: GCC 12 does not fold a rotate into them, so spell it. */
+TB_INLINE int32_t tb_sxtb16_ror8(uint32_t x)
+{
+    int32_t r;
+    __asm("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+
+TB_INLINE int32_t tb_sxtab16_ror8(int32_t a, uint32_t x)
+{
+    int32_t r;
+    __asm("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+    return r;
+}
+
+/* (a * b + 2^31) >> 32, plus c: SMMLAR (no ACLE intrinsic). */
+TB_INLINE int32_t tb_smmlar(int32_t a, int32_t b, int32_t c)
+{
+    int32_t r;
+    __asm("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+/* [lo half of a, lo half of b] and [hi half of a, hi half of b] (PKHBT / PKHTB). */
+TB_INLINE uint32_t tb_pack_lo(uint32_t a, uint32_t b)
+{
+    uint32_t r;
+    __asm("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+TB_INLINE uint32_t tb_pack_hi(uint32_t a, uint32_t b)
+{
+    uint32_t r;
+    __asm("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(b), "r"(a));
+    return r;
+}
+
+/* The fast form is exact when every e is in [1, 22] (so K and the sum fit) and
+ * |bias| + max |sum of fan_in products| < 2^29 (each product |w (x + off)| <= 128 * 255). */
+static inline int tb_dsp_shift_ok(const int32_t *shift, int32_t n)
+{
+    for (int32_t c = 0; c < n; c++)
+        if (shift[c] > -1 || shift[c] < -22) return 0;
+    return 1;
+}
+
+static inline int tb_dsp_bias_ok(const int32_t *bias, int32_t n, int32_t fan_in)
+{
+    if (fan_in <= 0 || fan_in > (1 << 29) / (128 * 255)) return 0;
+    const int32_t limit = (1 << 29) - fan_in * 128 * 255;
+    if (bias)
+        for (int32_t c = 0; c < n; c++)
+            if (bias[c] >= limit || bias[c] <= -limit) return 0;
+    return 1;
+}
+
+static inline int tb_dsp_requant_ok(const int32_t *bias, const int32_t *shift, int32_t n,
+                                    int32_t fan_in)
+{
+    return tb_dsp_shift_ok(shift, n) && tb_dsp_bias_ok(bias, n, fan_in);
+}
+
+/* K = 2^(e-1) + out_off * 2^e for e = -shift in [1, 22] */
+TB_INLINE int32_t tb_dsp_rounding(int32_t e, int32_t out_off)
+{
+    return (int32_t)((uint32_t)(2 * out_off + 1) << e) >> 1;
+}
+
+/* acc2 = 2 * acc; result before the output range clamp, saturated to int8 */
+TB_INLINE int32_t tb_dsp_requant(int32_t acc2, int32_t mult, int32_t round, int32_t e)
+{
+    int32_t t = tb_smmlar(acc2, mult, round) + (acc2 >> 31);
+    return __ssat(t >> e, 8);
+}
+
+
+#endif /* TB_DSP */
+#endif
