@@ -42,7 +42,7 @@ typedef struct {
 } tb_blob_header;
 
 typedef struct {
-    uint16_t h, w, c, reserved0;
+    uint16_t h, w, c, stream_rows;
     int32_t zero_point;
     float scale;
     uint16_t buffer, grad, mask, reserved1;
@@ -53,10 +53,10 @@ typedef struct {
     uint16_t input0, input1, output, n_channels;
     int32_t act_min, act_max;
     uint32_t weights, bias, mult, shift, grad_mult, grad_shift, weight_scales, bias_scales, channels;
-    uint16_t wgrad_chunk, reserved0;
+    uint16_t wgrad_chunk, weight_work;
     uint16_t scratch, bias_param, weight_param, bias_velocity, weight_velocity;
     uint16_t bias_grad, weight_grad, grad_scaled, grad_acc, grad_scratch;
-    uint32_t reserved1;
+    uint16_t grad_sel, grad_chunk;
 } tb_blob_op;
 
 typedef struct {

@@ -1,12 +1,16 @@
 /* Graph executor: forward, loss, backward and QAS update of the loaded model, exactly the steps of
  * docs/blob-format.md ("Execution") that tinybridge.simulate repeats on the host. Every buffer and
- * parameter was checked by the loader; a kernel refusing its arguments is a bug (TB_ERR_EXEC). */
+ * parameter was checked by the loader; a kernel refusing its arguments is a bug (TB_ERR_EXEC).
+ * Copies within the arena use memmove: a wrong plan may overlap them (wrong numbers, never
+ * undefined behaviour). */
 #include <math.h>
 #include <string.h>
 #include "model_internal.h"
 
 /* The exponent of each tensor's gradient during a training step. */
 static int32_t grad_exp[TB_BLOB_MAX_TENSORS];
+/* A streamed tensor's buffer holds its rows [ring_first, ring_first + ring_rows). */
+static uint16_t ring_first[TB_BLOB_MAX_TENSORS], ring_rows[TB_BLOB_MAX_TENSORS];
 static const char *exec_error = "";
 
 static int fail(const char *why)
@@ -55,7 +59,8 @@ static float *buffer_f32_or_null(const tb_model *m, uint16_t id)
     return (float *)buffer_or_null(m, id);
 }
 
-/* Trained weights and biases live in the params region, frozen ones in the blob. */
+/* Trained weights and biases live in the params region, frozen ones in the blob (sliced weights:
+ * sliced_op and weighted_input_grad). */
 static const int8_t *weights(const tb_model *m, const tb_blob_op *op)
 {
     return op->weight_param != TB_BLOB_NONE ? (const int8_t *)tb_model_buffer(m, op->weight_param)
@@ -91,45 +96,160 @@ static uint16_t first_max(const int8_t *v, uint16_t n)
 
 /* ---- forward ---- */
 
-static int forward_op(const tb_model *m, const tb_blob_op *op, int training)
+static int row_call(const tb_model *m, uint32_t i, int32_t r0, int32_t r1, int8_t *y);
+
+/* Rows [first, first + n) of the streamed output of op pi in its buffer become [a, b): rows
+ * below a are dropped (the rest moved down), missing rows computed one at a time. */
+static int stream_fill(const tb_model *m, uint32_t pi, int32_t a, int32_t b)
+{
+    const uint16_t t = m->ops[pi].output;
+    const uint32_t rb = tb_row_bytes(&m->tensors[t]);
+    uint8_t *buf = tb_model_buffer(m, m->tensors[t].buffer);
+    if (ring_first[t] < a) {
+        const int32_t drop = a - ring_first[t] < ring_rows[t] ? a - ring_first[t] : ring_rows[t];
+        memmove(buf, buf + (uint32_t)drop * rb, (uint32_t)(ring_rows[t] - drop) * rb);
+        ring_rows[t] = (uint16_t)(ring_rows[t] - drop);
+        ring_first[t] = (uint16_t)(ring_rows[t] ? ring_first[t] + drop : a);
+    }
+    while (ring_first[t] + ring_rows[t] < b) {
+        const int32_t r = ring_first[t] + ring_rows[t];
+        const int rc = row_call(m, pi, r, r + 1, (int8_t *)(buf + (uint32_t)ring_rows[t] * rb));
+        if (rc) return rc;
+        ring_rows[t]++;
+    }
+    return TB_OK;
+}
+
+/* The kernel of a conv2d or pointwise op (depthwise: whole weights only) on input x of shape xs
+ * into y of shape ys, with weights w and the requantization of output channels from c0. */
+static tb_status conv_call(const tb_model *m, const tb_blob_op *op, const tb_conv_params *p,
+                           tb_shape xs, const int8_t *x, tb_shape ys, const int8_t *w, int32_t c0,
+                           int8_t *y)
+{
+    const int32_t *b = bias(m, op) + c0;
+    const int32_t *mult = data_i32(m, op->mult) + c0, *shift = data_i32(m, op->shift) + c0;
+    if (op->kind == TB_OP_CONV2D)
+        return tb_conv2d_s8(p, xs, x, ys, w, b, mult, shift, y, buffer_or_null(m, op->scratch));
+    if (op->kind == TB_OP_DEPTHWISE) return tb_depthwise_conv2d_s8(p, xs, x, ys, w, b, mult, shift, y);
+    return tb_pointwise_conv_s8(p, xs, x, ys, w, b, mult, shift, y, buffer_or_null(m, op->scratch));
+}
+
+/* Output rows [r0, r1) of conv2d / depthwise / pointwise op i into y, reading the input rows
+ * their windows cover (from the stream when the input streams). */
+static int row_call(const tb_model *m, uint32_t i, int32_t r0, int32_t r1, int8_t *y)
+{
+    const tb_blob_op *op = &m->ops[i];
+    const tb_blob_tensor *in = &m->tensors[op->input0];
+    const tb_blob_tensor *out = &m->tensors[op->output];
+    int32_t a, b, unused;
+    tb_model_window(m, op, r0, &a, &unused);
+    tb_model_window(m, op, r1 - 1, &unused, &b);
+    const int8_t *x = value(m, op->input0);
+    if (in->stream_rows) {
+        const int rc = stream_fill(m, i - 1, a, b);
+        if (rc) return rc;
+    } else {
+        x += (uint32_t)a * tb_row_bytes(in);
+    }
+    tb_conv_params p = conv_params(m, op);
+    if (op->kind != TB_OP_POINTWISE) p.pad_top = (int32_t)(a - (r0 * op->stride_h - op->pad_top));
+    const tb_shape xs = {b - a, in->w, in->c}, ys = {r1 - r0, out->w, out->c};
+    return conv_call(m, op, &p, xs, x, ys, weights(m, op), 0, y) == TB_KERNEL_OK
+               ? TB_OK : fail("a forward kernel refused its arguments");
+}
+
+/* Op i whole, or row by row, top-down, when its input streams or its output overlaps its (root)
+ * input (the loader checked that no row overwrites input rows still to be read). */
+static int row_op(const tb_model *m, uint32_t i, int8_t *y)
+{
+    const tb_blob_op *op = &m->ops[i];
+    const tb_blob_tensor *out = &m->tensors[op->output];
+    const uint32_t ob = tb_row_bytes(out);
+    const uint16_t root = tb_model_root(m, i);
+    const uint8_t *x = tb_model_buffer(m, m->tensors[root].buffer);
+    const uint8_t *yb = (const uint8_t *)y;
+    const int overlap = yb < x + tb_tensor_size(&m->tensors[root]) && x < yb + tb_tensor_size(out);
+    if (root == op->input0 && !overlap) return row_call(m, i, 0, out->h, y);
+    for (uint32_t k = i; m->tensors[m->ops[k].input0].stream_rows; k--) {
+        ring_first[m->ops[k].input0] = 0;
+        ring_rows[m->ops[k].input0] = 0;
+    }
+    for (int32_t r = 0; r < out->h; r++) {
+        const int rc = row_call(m, i, r, r + 1, y + (uint32_t)r * ob);
+        if (rc) return rc;
+    }
+    return TB_OK;
+}
+
+/* Sliced weights (only the trained input channels in the params region): wgrad_chunk output
+ * channels at a time, their whole weights assembled in weight_work from the blob's and the
+ * trained channels, their outputs computed after them there and moved into place. */
+static int sliced_op(const tb_model *m, const tb_blob_op *op, int8_t *y)
 {
     const tb_blob_tensor *in = &m->tensors[op->input0];
     const tb_blob_tensor *out = &m->tensors[op->output];
+    const tb_conv_params p = conv_params(m, op);
+    const int fc = op->kind == TB_OP_FULLY_CONNECTED;
+    const uint32_t in_c = fc ? tb_tensor_size(in) : in->c;
+    const uint32_t taps = fc ? 1u : (uint32_t)op->kernel_h * op->kernel_w;
+    const uint32_t n_sel = op->n_channels, n_pos = (uint32_t)out->h * out->w;
+    const int8_t *frozen = (const int8_t *)tb_model_data(m, op->weights);
+    const int8_t *slice = (const int8_t *)tb_model_buffer(m, op->weight_param);
+    const int32_t *sel = data_i32(m, op->channels);
+    const int8_t *x = value(m, op->input0);
+    int8_t *w = (int8_t *)tb_model_buffer(m, op->weight_work);
+    for (int32_t c0 = 0; c0 < out->c; c0 += op->wgrad_chunk) {
+        const int32_t k = c0 + op->wgrad_chunk < out->c ? op->wgrad_chunk : out->c - c0;
+        const uint32_t rows = (uint32_t)k * taps;           /* of in_c weights each */
+        int8_t *yk = w + rows * in_c;
+        memmove(w, frozen + (uint32_t)c0 * taps * in_c, rows * in_c);
+        for (uint32_t r = 0; r < rows; r++)
+            for (uint32_t j = 0; j < n_sel; j++)
+                w[r * in_c + (uint32_t)sel[j]] = slice[((uint32_t)c0 * taps + r) * n_sel + j];
+        const tb_shape ys = {out->h, out->w, k};
+        const tb_status s =
+            fc ? tb_fully_connected_s8((int32_t)in_c, k, x, -in->zero_point, w, bias(m, op) + c0,
+                                       data_i32(m, op->mult) + c0, data_i32(m, op->shift) + c0, k,
+                                       out->zero_point, op->act_min, op->act_max, yk)
+               : conv_call(m, op, &p, shape(in), x, ys, w, c0, yk);
+        if (s != TB_KERNEL_OK) return fail("a forward kernel refused its arguments");
+        for (uint32_t q = 0; q < n_pos; q++)
+            memmove(y + q * (uint32_t)out->c + (uint32_t)c0, yk + q * (uint32_t)k, (uint32_t)k);
+    }
+    return TB_OK;
+}
+
+static int forward_op(const tb_model *m, uint32_t i, int training)
+{
+    const tb_blob_op *op = &m->ops[i];
+    const tb_blob_tensor *in = &m->tensors[op->input0];
+    const tb_blob_tensor *out = &m->tensors[op->output];
+    if (out->stream_rows) return TB_OK; /* computed by rows inside the next op */
     const int8_t *x = value(m, op->input0);
     int8_t *y = value(m, op->output);
-    const tb_conv_params p = conv_params(m, op);
     const int32_t *mult = op->mult != TB_BLOB_NO_DATA ? data_i32(m, op->mult) : NULL;
     const int32_t *shift = op->shift != TB_BLOB_NO_DATA ? data_i32(m, op->shift) : NULL;
-    tb_status s;
-    switch (op->kind) {
-    case TB_OP_CONV2D:
-        s = tb_conv2d_s8(&p, shape(in), x, shape(out), weights(m, op), bias(m, op), mult, shift, y,
-                         buffer_or_null(m, op->scratch));
-        break;
-    case TB_OP_DEPTHWISE:
-        s = tb_depthwise_conv2d_s8(&p, shape(in), x, shape(out), weights(m, op), bias(m, op), mult,
-                                   shift, y);
-        break;
-    case TB_OP_POINTWISE:
-        s = tb_pointwise_conv_s8(&p, shape(in), x, shape(out), weights(m, op), bias(m, op), mult,
-                                 shift, y, buffer_or_null(m, op->scratch));
-        break;
-    case TB_OP_FULLY_CONNECTED:
+    int rc = TB_OK;
+    tb_status s = TB_KERNEL_OK;
+    if (op->weight_work != TB_BLOB_NONE) {
+        rc = sliced_op(m, op, y);
+    } else if (op->kind == TB_OP_CONV2D || op->kind == TB_OP_DEPTHWISE ||
+               op->kind == TB_OP_POINTWISE) {
+        rc = row_op(m, i, y);
+    } else if (op->kind == TB_OP_FULLY_CONNECTED) {
         s = tb_fully_connected_s8((int32_t)tb_tensor_size(in), out->c, x, -in->zero_point,
                                   weights(m, op), bias(m, op), mult, shift, out->c,
                                   out->zero_point, op->act_min, op->act_max, y);
-        break;
-    case TB_OP_AVGPOOL:
+    } else if (op->kind == TB_OP_AVGPOOL) {
         s = tb_avgpool_global_s8(shape(in), x, op->act_min, op->act_max, y);
-        break;
-    default: {
+    } else {
         const tb_add_params a = {-in->zero_point, mult[0], shift[0],
                                  -m->tensors[op->input1].zero_point, mult[1], shift[1],
                                  TB_ADD_LEFT_SHIFT, out->zero_point, mult[2], shift[2],
                                  op->act_min, op->act_max};
         s = tb_add_s8(&a, x, value(m, op->input1), (int32_t)tb_tensor_size(out), y);
     }
-    }
+    if (rc) return rc;
     if (s != TB_KERNEL_OK) return fail("a forward kernel refused its arguments");
     if (training && out->mask != TB_BLOB_NONE)
         tb_clamp_mask_pack_s8(y, (int32_t)tb_tensor_size(out), op->act_min, op->act_max,
@@ -140,7 +260,7 @@ static int forward_op(const tb_model *m, const tb_blob_op *op, int training)
 static int forward(const tb_model *m, int training)
 {
     for (uint32_t i = 0; i < m->header->n_ops; i++) {
-        const int rc = forward_op(m, &m->ops[i], training);
+        const int rc = forward_op(m, i, training);
         if (rc) return rc;
     }
     return TB_OK;
@@ -156,7 +276,7 @@ static void contribute(const tb_model *m, uint32_t i, uint32_t k, const int8_t *
     const int32_t n = (int32_t)tb_tensor_size(&m->tensors[t]);
     int8_t *g = grad(m, t);
     if (tb_model_grad_is_first(m, i, k)) {
-        memcpy(g, v, (size_t)n);
+        memmove(g, v, (size_t)n);
         grad_exp[t] = e;
     } else {
         grad_exp[t] = tb_grad_add_s8(g, grad_exp[t], v, e, n, g);
@@ -191,34 +311,109 @@ static void avgpool_backward(const tb_model *m, uint32_t i, const int8_t *g, int
     }
 }
 
-/* Step 3 for weighted ops, with the weights before this step's update. */
+/* The int32 input gradient of op i from h for in_c input channels (depthwise: h has them too),
+ * weights w laid out for in_c input channels (fully connected: in_c input features). */
+static tb_status input_grad(const tb_model *m, const tb_blob_op *op, int32_t in_c, const int8_t *h,
+                            const int8_t *w, int32_t *acc)
+{
+    const tb_blob_tensor *in = &m->tensors[op->input0];
+    const tb_blob_tensor *out = &m->tensors[op->output];
+    const tb_conv_params p = conv_params(m, op);
+    const tb_shape xs = {in->h, in->w, in_c};
+    switch (op->kind) {
+    case TB_OP_CONV2D:
+        return tb_conv2d_input_grad_s8(&p, xs, shape(out), h, w, acc);
+    case TB_OP_DEPTHWISE: {
+        const tb_shape ys = {out->h, out->w, in_c};
+        return tb_depthwise_input_grad_s8(&p, xs, ys, h, w, acc);
+    }
+    case TB_OP_POINTWISE:
+        return tb_pointwise_input_grad_s8(out->h * out->w, in_c, out->c, h, w, acc,
+                                          buffer_or_null(m, op->grad_scratch));
+    default: /* fully connected: one position */
+        return tb_pointwise_input_grad_s8(1, in_c, out->c, h, w, acc,
+                                          buffer_or_null(m, op->grad_scratch));
+    }
+}
+
+/* A chunked input gradient (grad_chunk input channels at a time, docs/blob-format.md): every
+ * chunk's sums are computed twice, first for the largest masked magnitude of the whole tensor,
+ * then requantized with it (one more element), so that the exponent and every value are those of
+ * the whole tensor's. grad_acc holds a chunk's sums, its weights, and (depthwise) its h. */
+static int chunked_input_grad(const tb_model *m, uint32_t i, const int8_t *h, int32_t h_exp)
+{
+    const tb_blob_op *op = &m->ops[i];
+    const tb_blob_tensor *in = &m->tensors[op->input0];
+    const tb_blob_tensor *out = &m->tensors[op->output];
+    const uint32_t c = in->c, n_in = (uint32_t)in->h * in->w, n_out = (uint32_t)out->h * out->w;
+    const uint32_t w_rows = tb_model_weight_bytes(m, op) / c; /* weight bytes per input channel */
+    const uint8_t *mask = tb_model_buffer(m, in->mask);
+    const int8_t *w = weights(m, op);
+    int32_t *acc = buffer_i32(m, op->grad_acc);
+    int8_t *wsub = (int8_t *)(acc + n_in * op->grad_chunk + 1);
+    int8_t *hsub = wsub + ((w_rows * op->grad_chunk + 3u) & ~3u);
+    int8_t *gx = grad(m, op->input0);
+    int32_t largest = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t c0 = 0; c0 < c; c0 += op->grad_chunk) {
+            const uint32_t k = c0 + op->grad_chunk < c ? op->grad_chunk : c - c0;
+            for (uint32_t r = 0; r < w_rows; r++) memmove(wsub + r * k, w + r * c + c0, k);
+            if (op->kind == TB_OP_DEPTHWISE)
+                for (uint32_t q = 0; q < n_out; q++) memmove(hsub + q * k, h + q * c + c0, k);
+            if (input_grad(m, op, (int32_t)k, op->kind == TB_OP_DEPTHWISE ? hsub : h, wsub, acc) !=
+                TB_KERNEL_OK)
+                return fail("an input-gradient kernel refused its arguments");
+            for (uint32_t q = 0; q < n_in; q++) {
+                for (uint32_t j = 0; j < k; j++) {
+                    const uint32_t bit = q * c + c0 + j;
+                    int32_t *v = &acc[q * k + j];
+                    if (!(mask[bit >> 3] >> (bit & 7) & 1u)) *v = 0;
+                    if (pass == 0 && (*v > largest || -*v > largest)) largest = *v < 0 ? -*v : *v;
+                }
+            }
+            if (pass == 1) {
+                acc[n_in * k] = largest;
+                grad_exp[op->input0] =
+                    tb_grad_requantize_s32_s8(acc, (int32_t)(n_in * k + 1), h_exp, (int8_t *)acc);
+                for (uint32_t q = 0; q < n_in; q++)
+                    memmove(gx + q * c + c0, (const int8_t *)acc + q * k, k);
+            }
+        }
+    }
+    return TB_OK;
+}
+
+/* Step 3 for weighted ops, with the weights before this step's update. Sliced weights: the sums
+ * of the blob's weights, then those of the trained input channels computed from the params
+ * region's slice (grad_sel) in their place. */
 static int weighted_input_grad(const tb_model *m, uint32_t i, int8_t *g, int32_t e)
 {
     const tb_blob_op *op = &m->ops[i];
     const tb_blob_tensor *in = &m->tensors[op->input0];
     const tb_blob_tensor *out = &m->tensors[op->output];
-    const tb_conv_params p = conv_params(m, op);
     const int32_t n_pos = out->h * out->w;
     int8_t *h = op->grad_scaled != TB_BLOB_NONE ? (int8_t *)tb_model_buffer(m, op->grad_scaled) : g;
     const int32_t h_exp = tb_grad_scale_channels_s8(g, e, n_pos, out->c, data_i32(m, op->grad_mult),
                                                     data_i32(m, op->grad_shift), h);
+    if (op->grad_chunk) return chunked_input_grad(m, i, h, h_exp);
+    const int fc = op->kind == TB_OP_FULLY_CONNECTED;
+    const int32_t in_c = fc ? (int32_t)tb_tensor_size(in) : in->c;
+    const int sliced = op->weight_work != TB_BLOB_NONE;
     int32_t *acc = buffer_i32(m, op->grad_acc);
-    tb_status s;
-    switch (op->kind) {
-    case TB_OP_CONV2D:
-        s = tb_conv2d_input_grad_s8(&p, shape(in), shape(out), h, weights(m, op), acc);
-        break;
-    case TB_OP_DEPTHWISE:
-        s = tb_depthwise_input_grad_s8(&p, shape(in), shape(out), h, weights(m, op), acc);
-        break;
-    default: /* pointwise, fully connected (one position, the input flattened) */
-        s = tb_pointwise_input_grad_s8(op->kind == TB_OP_POINTWISE ? n_pos : 1,
-                                       op->kind == TB_OP_POINTWISE ? in->c
-                                                                   : (int32_t)tb_tensor_size(in),
-                                       out->c, h, weights(m, op), acc,
-                                       buffer_or_null(m, op->grad_scratch));
+    const int8_t *w = sliced ? (const int8_t *)tb_model_data(m, op->weights) : weights(m, op);
+    if (input_grad(m, op, in_c, h, w, acc) != TB_KERNEL_OK)
+        return fail("an input-gradient kernel refused its arguments");
+    if (sliced) {
+        int32_t *trained = buffer_i32(m, op->grad_sel);
+        const int32_t *sel = data_i32(m, op->channels);
+        const uint32_t n_in = fc ? 1u : (uint32_t)in->h * in->w;
+        const int8_t *slice = (const int8_t *)tb_model_buffer(m, op->weight_param);
+        if (input_grad(m, op, op->n_channels, h, slice, trained) != TB_KERNEL_OK)
+            return fail("an input-gradient kernel refused its arguments");
+        for (uint32_t q = 0; q < n_in; q++)
+            for (uint32_t j = 0; j < op->n_channels; j++)
+                acc[q * (uint32_t)in_c + (uint32_t)sel[j]] = trained[q * op->n_channels + j];
     }
-    if (s != TB_KERNEL_OK) return fail("an input-gradient kernel refused its arguments");
     contribute_acc(m, i, acc, h_exp);
     return TB_OK;
 }
@@ -252,6 +447,12 @@ static int weight_update(const tb_model *m, const tb_blob_op *op, const int8_t *
     const int32_t n_pos = op->kind == TB_OP_POINTWISE ? out->h * out->w : 1;
     const int32_t in_c = op->kind == TB_OP_FULLY_CONNECTED ? (int32_t)tb_tensor_size(in) : in->c;
     const int32_t w_taps = dense ? 1 : taps;
+    /* sliced weights: the slice is a weight tensor of n_sel input channels, all of them trained */
+    const int sliced = op->weight_work != TB_BLOB_NONE;
+    int32_t *identity = sliced ? buffer_i32(m, op->grad_sel) : NULL;
+    for (int32_t j = 0; sliced && j < n_sel; j++) identity[j] = j;
+    const int32_t *update_sel = sliced ? identity : sel;
+    const int32_t update_in = sliced ? n_sel : in_c;
     for (int32_t c0 = 0; c0 < out->c; c0 += op->wgrad_chunk) {
         const int32_t c1 = c0 + op->wgrad_chunk < out->c ? c0 + op->wgrad_chunk : out->c;
         const tb_status s =
@@ -260,8 +461,8 @@ static int weight_update(const tb_model *m, const tb_blob_op *op, const int8_t *
                   : tb_conv2d_weight_grad_s8(&p, shape(in), x, shape(out), g, sel, n_sel, c0, c1,
                                              grad_w);
         if (s != TB_KERNEL_OK ||
-            tb_sgd_update_ohwi_s8(w, out->c, w_taps, in_c, sel, n_sel, c0, c1, grad_w, grad_scale,
-                                  w_scale, lr, momentum,
+            tb_sgd_update_ohwi_s8(w, out->c, w_taps, update_in, update_sel, n_sel, c0, c1, grad_w,
+                                  grad_scale, w_scale, lr, momentum,
                                   velocity ? velocity + c0 * w_taps * n_sel : NULL,
                                   rng) != TB_KERNEL_OK)
             return fail("a weight-update kernel refused its arguments");
@@ -345,12 +546,12 @@ int tb_exec_train_step(uint16_t label, float lr, tb_step_result *result)
     result->loss = loss;
     result->label_pred = first_max(y, out->c);
     uint32_t rng;
-    memcpy(&rng, m->arena + 4, 4);
+    memmove(&rng, m->arena + 4, 4);
     for (uint32_t i = h->n_ops; i-- > m->backward_stop;) {
         if (!m->ops[i].train) continue;
         if ((rc = backward_op(m, i, lr, &rng))) break;
     }
-    memcpy(m->arena + 4, &rng, 4);
+    memmove(m->arena + 4, &rng, 4);
     if (rc) return rc;
     result->step = tb_model_step() + 1;
     tb_model_set_step(result->step);

@@ -75,6 +75,45 @@ static uint64_t weight_bytes(const tb_model *m, const tb_blob_op *op)
     }
 }
 
+uint32_t tb_model_weight_bytes(const tb_model *m, const tb_blob_op *op)
+{
+    return (uint32_t)weight_bytes(m, op);
+}
+
+static int is_row_kind(uint8_t kind)
+{
+    return kind == TB_OP_CONV2D || kind == TB_OP_DEPTHWISE || kind == TB_OP_POINTWISE;
+}
+
+void tb_model_window(const tb_model *m, const tb_blob_op *op, int32_t r, int32_t *a, int32_t *b)
+{
+    if (op->kind == TB_OP_POINTWISE) {
+        *a = r;
+        *b = r + 1;
+        return;
+    }
+    const int32_t h = m->tensors[op->input0].h;
+    const int32_t top = r * op->stride_h - op->pad_top;
+    *a = top < 0 ? 0 : top;
+    *b = top + op->kernel_h < h ? top + op->kernel_h : h;
+}
+
+uint16_t tb_model_root(const tb_model *m, uint32_t op_index)
+{
+    while (m->tensors[m->ops[op_index].input0].stream_rows) op_index--;
+    return m->ops[op_index].input0;
+}
+
+/* The first row of tb_model_root(op_index) that output row r of the op reads. */
+static int32_t root_row(const tb_model *m, uint32_t op_index, int32_t r)
+{
+    int32_t a, b;
+    tb_model_window(m, &m->ops[op_index], r, &a, &b);
+    while (m->tensors[m->ops[op_index].input0].stream_rows)
+        tb_model_window(m, &m->ops[--op_index], a, &a, &b);
+    return a;
+}
+
 /* The op producing tensor t, or -1 (the graph input). */
 static int32_t producer(const tb_model *m, uint32_t t)
 {
@@ -250,7 +289,7 @@ static int check_tensor_fields(check *c)
         const tb_blob_tensor *t = &m->tensors[i];
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)i);
         if (!t->h || !t->w || !t->c) return reject(c, "empty shape");
-        if (t->reserved0 || t->reserved1) return reject(c, "reserved field set");
+        if (t->reserved1) return reject(c, "reserved field set");
         if (t->zero_point < -128 || t->zero_point > 127)
             return reject(c, "zero point %ld out of range", (long)t->zero_point);
         if (!finite(t->scale) || t->scale <= 0.0f) return reject(c, "scale not finite and > 0");
@@ -269,7 +308,8 @@ static int check_tensor_buffers(check *c)
         int rc;
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)i);
         if (producer(m, i) < 0 && i != m->header->input_tensor) return reject(c, "no op produces it");
-        if ((rc = work_buffer(c, "value", t->buffer, n, 1)) ||
+        const uint64_t value_bytes = t->stream_rows ? (uint64_t)t->stream_rows * t->w * t->c : n;
+        if ((rc = work_buffer(c, "value", t->buffer, value_bytes, 1)) ||
             (rc = work_buffer(c, "grad", t->grad, n, grad)) ||
             (rc = work_buffer(c, "mask", t->mask, (n + 7) / 8, grad)))
             return rc;
@@ -302,7 +342,6 @@ static int check_wiring(check *c, uint32_t i)
     const tb_model *m = &c->m;
     const tb_blob_op *op = &m->ops[i];
     const uint32_t n_inputs = op->kind == TB_OP_ADD ? 2 : 1;
-    if (op->reserved0 || op->reserved1) return reject(c, "reserved field set");
     if (n_inputs == 1 && (op->input1 != TB_BLOB_NONE || (op->train & TB_GRAD_INPUT1)))
         return reject(c, "second input set");
     for (uint32_t k = 0; k < n_inputs; k++) {
@@ -430,11 +469,20 @@ static int check_forward(check *c, uint32_t i)
     if ((rc = accumulators_fit(c, op))) return rc;
     int32_t scratch = 0;
     if (op->kind == TB_OP_CONV2D) {
-        const tb_conv_params p = {op->kernel_h, op->kernel_w, op->stride_h, op->stride_w,
-                                  op->pad_top, op->pad_left, -in->zero_point, out->zero_point,
-                                  op->act_min, op->act_max};
+        /* the whole op, or any one of its rows (it may run by rows) */
+        tb_conv_params p = {op->kernel_h, op->kernel_w, op->stride_h, op->stride_w,
+                            op->pad_top, op->pad_left, -in->zero_point, out->zero_point,
+                            op->act_min, op->act_max};
         const tb_shape s = {in->h, in->w, in->c};
         scratch = tb_conv2d_s8_scratch_bytes(&p, s);
+        for (int32_t r = 0; r < out->h; r++) {
+            int32_t a, b;
+            tb_model_window(m, op, r, &a, &b);
+            p.pad_top = a - (r * op->stride_h - op->pad_top);
+            const tb_shape rows = {b - a, in->w, in->c};
+            const int32_t need = tb_conv2d_s8_scratch_bytes(&p, rows);
+            if (need > scratch) scratch = need;
+        }
     } else if (op->kind == TB_OP_POINTWISE) {
         scratch = tb_pointwise_conv_s8_scratch_bytes(in->c);
     }
@@ -494,11 +542,15 @@ static int check_training(check *c, uint32_t i, uint32_t *next_param)
     if (grad_in && weighted &&
         (rc = multipliers(c, "grad multiplier", op->grad_mult, op->grad_shift, out->c)))
         return rc;
-    /* parameters */
+    /* parameters; sliced weights: only the trained input channels, [out_c][taps][n_channels] */
     const uint64_t per_channel = (uint64_t)taps * op->n_channels;
     const uint64_t velocity_n = op->kind == TB_OP_DEPTHWISE ? per_channel : per_channel * out->c;
+    const int sliced = op->weight_work != TB_BLOB_NONE;
+    if (sliced && (!weights || op->kind == TB_OP_DEPTHWISE || op->n_channels >= channel_range))
+        return reject(c, "sliced weights need trained weights on some input channels");
     if ((rc = param_buffer(c, "bias_param", op->bias_param, 4ull * out->c, bias, next_param)) ||
-        (rc = param_buffer(c, "weight_param", op->weight_param, weight_bytes(m, op), weights,
+        (rc = param_buffer(c, "weight_param", op->weight_param,
+                           sliced ? per_channel * out->c : weight_bytes(m, op), weights,
                            next_param)) ||
         (rc = param_buffer(c, "bias_velocity", op->bias_velocity, 4ull * out->c, bias && momentum,
                            next_param)) ||
@@ -510,8 +562,25 @@ static int check_training(check *c, uint32_t i, uint32_t *next_param)
     if (chunked ? (op->wgrad_chunk < 1 || op->wgrad_chunk > out->c) : op->wgrad_chunk != 0)
         return reject(c, "weight gradient chunk %u", op->wgrad_chunk);
     const uint64_t wgrad_n = chunked ? per_channel * op->wgrad_chunk : per_channel;
+    const uint64_t in_positions = op->kind == TB_OP_FULLY_CONNECTED ? 1 : (uint64_t)in->h * in->w;
+    const uint64_t out_positions = (uint64_t)out->h * out->w;
+    if (sliced &&
+        ((rc = work_buffer(c, "weight_work", op->weight_work,
+                           op->wgrad_chunk * (weight_bytes(m, op) / out->c + out_positions), 1)) ||
+         (rc = work_buffer(c, "grad_sel", op->grad_sel,
+                           4 * op->n_channels * (grad_in ? in_positions : 1), 1))))
+        return rc;
+    if (!sliced && op->grad_sel != TB_BLOB_NONE) return reject(c, "unexpected grad_sel buffer");
+    /* a chunked input gradient: grad_chunk input channels at a time */
+    const uint64_t k = op->grad_chunk;
+    if (k && (!grad_in || !is_row_kind(op->kind) || sliced || !tb_model_grad_is_first(m, i, 0) ||
+              k > in->c))
+        return reject(c, "input gradient chunk %u not allowed", op->grad_chunk);
     uint64_t acc_bytes = 0;
-    if (grad_in && weighted)
+    if (k)
+        acc_bytes = 4 * (in_positions * k + 1) + ((weight_bytes(m, op) / in->c * k + 3) & ~3ull) +
+                    (op->kind == TB_OP_DEPTHWISE ? out_positions * k : 0);
+    else if (grad_in && weighted)
         acc_bytes = 4 * tensor_size(in);
     else if (grad_in && op->kind == TB_OP_AVGPOOL && !tb_model_grad_is_first(m, i, 0))
         acc_bytes = tensor_size(in);
@@ -571,6 +640,81 @@ static int check_graph(check *c)
     return 0;
 }
 
+/* Streamed tensors (docs/blob-format.md, "Streaming"): made by a row op, read only by the next op
+ * (a row op that does not train its weights), without gradient, and the buffer holds the rows
+ * that op's windows need. */
+static int check_streams(check *c)
+{
+    const tb_model *m = &c->m;
+    for (uint32_t t = 0; t < m->header->n_tensors; t++) {
+        const uint16_t rows = m->tensors[t].stream_rows;
+        if (!rows) continue;
+        snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)t);
+        const int32_t p = producer(m, t);
+        if (p < 0 || (uint32_t)p + 1 >= m->header->n_ops)
+            return reject(c, "streams but no op reads it next");
+        const tb_blob_op *made = &m->ops[p], *next = &m->ops[p + 1];
+        uint32_t uses = 0;
+        for (uint32_t i = 0; i < m->header->n_ops; i++)
+            uses += (m->ops[i].input0 == t) + (m->ops[i].input1 == t);
+        if (!is_row_kind(made->kind) || !is_row_kind(next->kind) || next->input0 != t || uses != 1)
+            return reject(c, "streams but is not a row op's output read only by the next row op");
+        if (made->train || (next->train & TB_TRAIN_WEIGHTS))
+            return reject(c, "streams but the backward pass reads it");
+        int32_t need = 0;
+        for (int32_t r = 0; r < m->tensors[next->output].h; r++) {
+            int32_t a, b;
+            tb_model_window(m, next, r, &a, &b);
+            if (b - a > need) need = b - a;
+        }
+        if (rows < need || rows > m->tensors[t].h)
+            return reject(c, "streams %u rows, its reader needs %ld", rows, (long)need);
+    }
+    return 0;
+}
+
+static int ranges_meet(uint32_t a, uint32_t a_size, uint32_t b, uint32_t b_size)
+{
+    return a < b + b_size && b < a + a_size;
+}
+
+/* Where an op's output may share memory with its input (docs/blob-format.md, "In place"): a row
+ * op's output from below over its root input when no output row (rows run top-down) lands on a
+ * root row that its row or a later one reads; an add's output over an input at its offset. */
+static int check_in_place(check *c)
+{
+    const tb_model *m = &c->m;
+    for (uint32_t i = 0; i < m->header->n_ops; i++) {
+        const tb_blob_op *op = &m->ops[i];
+        const tb_blob_tensor *out = &m->tensors[op->output];
+        if (out->stream_rows) continue;
+        snprintf(c->owner, sizeof(c->owner), "op %u (%s): ", (unsigned)i, kind_names[op->kind]);
+        const uint32_t o = m->buffers[out->buffer].offset, o_size = tb_tensor_size(out);
+        const uint16_t x = is_row_kind(op->kind) ? tb_model_root(m, i) : op->input0;
+        const uint32_t in_at = m->buffers[m->tensors[x].buffer].offset;
+        const uint32_t in_size = tb_tensor_size(&m->tensors[x]);
+        if (op->kind == TB_OP_ADD) {
+            for (uint32_t k = 0; k < 2; k++) {
+                const uint32_t at = m->buffers[m->tensors[op_input(op, k)].buffer].offset;
+                if (ranges_meet(o, o_size, at, in_size) && o != at)
+                    return reject(c, "output overlaps input %u other than at its offset",
+                                  (unsigned)k);
+            }
+            continue;
+        }
+        if (!ranges_meet(o, o_size, in_at, in_size)) continue;
+        if (!is_row_kind(op->kind) || op->weight_work != TB_BLOB_NONE || o > in_at)
+            return reject(c, "output overlaps its input");
+        const uint32_t ib = tb_row_bytes(&m->tensors[x]), ob = tb_row_bytes(out);
+        for (int32_t r = 0; r < out->h; r++) {
+            const uint32_t lo = in_at + (uint32_t)root_row(m, i, r) * ib;
+            if (ranges_meet(o + (uint32_t)r * ob, ob, lo, in_at + in_size - lo))
+                return reject(c, "output row %ld overlaps input rows it still reads", (long)r);
+        }
+    }
+    return 0;
+}
+
 static void fill_info(tb_model *m)
 {
     const tb_blob_header *h = m->header;
@@ -597,9 +741,21 @@ static void init_params(const tb_model *m)
         if (op->bias_param != TB_BLOB_NONE)
             memcpy(tb_model_buffer(m, op->bias_param), tb_model_data(m, op->bias),
                    4u * m->tensors[op->output].c);
-        if (op->weight_param != TB_BLOB_NONE)
-            memcpy(tb_model_buffer(m, op->weight_param), tb_model_data(m, op->weights),
-                   (size_t)weight_bytes(m, op));
+        if (op->weight_param == TB_BLOB_NONE) continue;
+        const int8_t *w = (const int8_t *)tb_model_data(m, op->weights);
+        int8_t *param = (int8_t *)tb_model_buffer(m, op->weight_param);
+        if (op->weight_work == TB_BLOB_NONE) {
+            memcpy(param, w, (size_t)weight_bytes(m, op));
+            continue;
+        }
+        /* sliced: the trained input channels of every output channel and tap */
+        const int32_t *sel = (const int32_t *)(const void *)tb_model_data(m, op->channels);
+        const tb_blob_tensor *in = &m->tensors[op->input0];
+        const uint32_t in_c = op->kind == TB_OP_FULLY_CONNECTED ? tb_tensor_size(in) : in->c;
+        const uint32_t rows = (uint32_t)(weight_bytes(m, op) / in_c);
+        for (uint32_t r = 0; r < rows; r++)
+            for (uint32_t j = 0; j < op->n_channels; j++)
+                param[r * op->n_channels + j] = w[r * in_c + (uint32_t)sel[j]];
     }
 }
 
@@ -613,7 +769,7 @@ int tb_model_load(const uint8_t *blob, uint32_t size, uint8_t *arena, uint32_t a
     c.err_len = err_len;
     if ((rc = check_header(&c, blob, size)) || (rc = check_buffers(&c)) ||
         (rc = check_tensor_fields(&c)) || (rc = check_ops(&c)) || (rc = check_tensor_buffers(&c)) ||
-        (rc = check_graph(&c)))
+        (rc = check_graph(&c)) || (rc = check_streams(&c)) || (rc = check_in_place(&c)))
         return rc;
     snprintf(c.owner, sizeof(c.owner), "arena: ");
     if ((uintptr_t)arena % 4) return reject(&c, "not 4-byte aligned");

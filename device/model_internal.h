@@ -24,6 +24,16 @@ typedef struct {
     tb_model_info info;
 } tb_model;
 
+/* Input rows [*a, *b) that output row r of a conv2d / depthwise / pointwise op reads. */
+void tb_model_window(const tb_model *m, const tb_blob_op *op, int32_t r, int32_t *a, int32_t *b);
+
+/* The first materialized tensor op i reads: its input, or through streamed tensors (each produced
+ * by the op before its reader) the input of the chain. */
+uint16_t tb_model_root(const tb_model *m, uint32_t op_index);
+
+/* Bytes of a weighted op's weight tensor (kernels.md layouts). */
+uint32_t tb_model_weight_bytes(const tb_model *m, const tb_blob_op *op);
+
 /* The current model, NULL when none. */
 const tb_model *tb_model_loaded(void);
 
@@ -44,6 +54,11 @@ static inline const uint8_t *tb_model_data(const tb_model *m, uint32_t ref)
 static inline uint32_t tb_tensor_size(const tb_blob_tensor *t)
 {
     return (uint32_t)t->h * t->w * t->c;
+}
+
+static inline uint32_t tb_row_bytes(const tb_blob_tensor *t)
+{
+    return (uint32_t)t->w * t->c;
 }
 
 #endif

@@ -125,9 +125,3 @@ def test_cli_sim_serves_tcp():
     finally:
         proc.kill()
         proc.wait()
-
-
-def test_cli_demo():
-    r = run_cli("demo")
-    assert r.returncode == 0, r.stderr
-    assert "ok" in r.stdout and "sim" in r.stdout

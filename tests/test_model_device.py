@@ -259,7 +259,8 @@ def corruptions(m):
     yield "tensor buffer in params", patch(data, L.tensor(1, 16), "<H", bias_param), BAD_BLOB, "params region"
     yield "zero point", patch(data, L.tensor(1, 8), "<i", 300), BAD_BLOB, "zero point 300"
     yield "scale NaN", patch(data, L.tensor(2, 12), "<f", math.nan), BAD_BLOB, "tensor 2: scale"
-    yield "tensor reserved", patch(data, L.tensor(0, 6), "<H", 1), BAD_BLOB, "reserved field"
+    yield "tensor reserved", patch(data, L.tensor(0, 22), "<H", 1), BAD_BLOB, "reserved field"
+    yield "the input streams", patch(data, L.tensor(0, 6), "<H", 1), BAD_BLOB, "tensor 0: streams but no op reads"
     yield "op kind", patch(data, L.op(0, 0), "<B", 9), BAD_BLOB, "op 0: unknown kind 9"
     yield "op input later", patch(data, L.op(0, 8), "<H", names.index("fc")), BAD_BLOB, "not an earlier tensor"
     yield "op input range", patch(data, L.op(1, 8), "<H", 999), BAD_BLOB, "not an earlier tensor"
@@ -288,7 +289,12 @@ def corruptions(m):
     yield "unexpected scratch", patch(data, L.op(op["dw"], 64), "<H", work_buffer), BAD_BLOB, \
         "unexpected scratch buffer"
     yield "bias scale 0", patch(data, bias_scales, "<f", 0.0), BAD_BLOB, "bias scale 0 not finite and > 0"
-    yield "op reserved", patch(data, L.op(0, 84), "<I", 1), BAD_BLOB, "op 0 (conv2d): reserved field"
+    yield "grad_sel without sliced weights", patch(data, L.op(0, 84), "<H", work_buffer), BAD_BLOB, \
+        "op 0 (conv2d): unexpected grad_sel buffer"
+    yield "input gradient chunk without a gradient", patch(data, L.op(0, 86), "<H", 1), BAD_BLOB, \
+        "op 0 (conv2d): input gradient chunk 1 not allowed"
+    yield "weight_work without trained weights", patch(data, L.op(0, 62), "<H", work_buffer), BAD_BLOB, \
+        "op 0 (conv2d): sliced weights need trained weights"
     yield "output not last", patch(data, 24, "<H", 0), BAD_BLOB, "not the last op's output"
 
 

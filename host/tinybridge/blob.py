@@ -20,10 +20,11 @@ TRAIN_BIAS, TRAIN_WEIGHTS, GRAD_INPUT0 = 1, 2, 4
 
 HEADER = struct.Struct("<IHHII4H2H3I2f2I8x")
 TENSOR = struct.Struct("<4HifHHHH")
-OP = struct.Struct("<8B4H2i9I2H10HI")
+OP = struct.Struct("<8B4H2i9I2H10H2H")
 BUFFER = struct.Struct("<II")
 OP_DATA = ("weights", "bias", "mult", "shift", "grad_mult", "grad_shift", "weight_scales",
            "bias_scales", "channels")
+OP_BUFFERS = P.OP_FIELDS[:10]   # record offsets 64..82; weight_work at 62, grad_sel at 84
 assert (HEADER.size, TENSOR.size, OP.size, BUFFER.size) == (64, 24, 88, 8)
 
 
@@ -58,7 +59,7 @@ def write(g, plan):
     needs = g.needs_output_grad()
     data = _Data()
     tensors = b"".join(
-        TENSOR.pack(*t.shape, 0, t.zero_point, np.float32(t.scale),
+        TENSOR.pack(*t.shape, plan.stream_rows.get(name, 0), t.zero_point, np.float32(t.scale),
                     *(_ref(plan.tensor_refs[name][f]) for f in P.TENSOR_FIELDS), 0)
         for name, t in g.tensors.items())
     ops = b""
@@ -86,7 +87,9 @@ def write(g, plan):
         ops += OP.pack(KIND_CODES[op.kind], train, kh, kw, stride, stride, *pad, *inputs,
                        tid[op.output], 0 if op.channels is None else len(op.channels),
                        op.act_min, op.act_max, *(data.add(items[f]) for f in OP_DATA),
-                       plan.wgrad_chunk[op.name], 0, *(_ref(refs[f]) for f in P.OP_FIELDS), 0)
+                       plan.wgrad_chunk[op.name], _ref(refs["weight_work"]),
+                       *(_ref(refs[f]) for f in OP_BUFFERS), _ref(refs["grad_sel"]),
+                       plan.grad_chunk.get(op.name, 0))
     buffers = b"".join(BUFFER.pack(b.offset, b.size) for b in plan.buffers)
     body = tensors + ops + buffers + data.bytes()
     size = HEADER.size + len(body)
@@ -127,14 +130,17 @@ def read(blob):
 
     names = ["t%d" % i for i in range(n_tensors)]
     tensors, tensor_refs = {}, {}
-    for name, (h, w, c, _, zero, scale, *refs, _) in zip(names, t_recs):
+    stream_rows = {}
+    for name, (h, w, c, rows, zero, scale, *refs, _) in zip(names, t_recs):
         tensors[name] = G.Tensor((h, w, c), float(np.float32(scale)), zero)
         tensor_refs[name] = {f: ref(r) for f, r in zip(P.TENSOR_FIELDS, refs)}
-    ops, op_refs, wgrad_chunk = [], {}, {}
+        if rows:
+            stream_rows[name] = rows
+    ops, op_refs, wgrad_chunk, grad_chunk_of = [], {}, {}, {}
     for i, rec in enumerate(o_recs):
         kind_code, train, kh, kw, sh, sw, pt, pl, in0, in1, out, n_sel, act_min, act_max = rec[:14]
         d = dict(zip(OP_DATA, rec[14:23]))
-        chunk, bufs = rec[23], rec[25:35]
+        chunk, weight_work, bufs, grad_sel, grad_chunk = rec[23], rec[24], rec[25:35], rec[35], rec[36]
         if not 1 <= kind_code <= len(G.KINDS):
             raise ValueError("op %d: unknown kind %d" % (i, kind_code))
         kind = G.KINDS[kind_code - 1]
@@ -155,17 +161,26 @@ def read(blob):
             op.stride = sh
             op.padding = _padding(tensors[op.inputs[0]].shape, tensors[op.output].shape, (kh, kw), sh, (pt, pl), i)
         ops.append(op)
-        op_refs[op.name] = {f: ref(r) for f, r in zip(P.OP_FIELDS, bufs)}
+        op_refs[op.name] = {f: ref(r) for f, r in zip(OP_BUFFERS, bufs)}
+        op_refs[op.name].update(weight_work=ref(weight_work), grad_sel=ref(grad_sel))
+        if grad_chunk:
+            grad_chunk_of[op.name] = grad_chunk
         wgrad_chunk[op.name] = chunk
     g = G.Graph(tensors, ops, names[input_t], names[output_t], lr=float(np.float32(lr)),
                 momentum=float(np.float32(momentum)), seed=seed, step=step)
     buffers = [P.Buffer("buffer%d" % i, s, o) for i, (o, s) in enumerate(b_recs)]
-    return g, P.Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params, arena)
+    return g, P.Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params, arena, stream_rows=stream_rows,
+                     grad_chunk=grad_chunk_of)
 
 
 def _padding(in_shape, out_shape, kernel, stride, pads, i):
-    """"same" or "valid": the TFLite padding that gives these output sizes and leading pads."""
-    for name, fn in (("same", quant.same_padding), ("valid", quant.valid_padding)):
-        if all(fn(n, k, stride) == (o, p) for n, k, o, p in zip(in_shape[:2], kernel, out_shape[:2], pads)):
-            return name
-    raise ValueError("op %d: padding is neither SAME nor VALID" % i)
+    """The padding ("same", "valid", else an explicit int) that gives these output sizes and
+    leading pads."""
+    for padding in ("same", "valid", pads[0]):
+        try:
+            if all(quant.conv_padding(n, k, stride, padding) == (o, p)
+                   for n, k, o, p in zip(in_shape[:2], kernel, out_shape[:2], pads)):
+                return padding
+        except ValueError:
+            pass
+    raise ValueError("op %d: padding is neither SAME, VALID nor an explicit pad" % i)

@@ -1,12 +1,14 @@
 """The `tinybridge` command (mpremote-like):
 
     tinybridge devs                          serial ports that may be boards, and the sim
+    tinybridge compile SOURCE [--num-classes N] [--update SCHEME] [--out BLOB] [--report]
+                                             compile a model (zoo name, .tflite) and plan its memory
     tinybridge [-d DEV] info                 the device, its limits, its model, its counters
     tinybridge [-d DEV] load BLOB            upload and commit a model blob
     tinybridge [-d DEV] infer IMAGE...       predict image files
     tinybridge [-d DEV] train FOLDER         train on an image folder (one subfolder per class)
     tinybridge sim [--port N]                serve the sim device on TCP for any serial tool
-    tinybridge demo                          a short self-check
+    tinybridge [-d DEV] demo [--out DIR]     fine-tune MCUNet on the device: faces vs not, with a plot
 
 DEV is "sim" (default), "auto" (first ST-LINK), a serial port or a pyserial URL. With the sim,
 --flash FILE keeps its flash between commands. Errors are one line on stderr, exit status 1.
@@ -16,7 +18,6 @@ import random
 import subprocess
 import sys
 
-import numpy as np
 
 from . import transport
 from .datasets import image_folder, load_image
@@ -56,6 +57,19 @@ def cmd_info(args):
             print("model              none")
         for key, value in dev.stats().items():
             print("stats.%-12s %s" % (key, value))
+
+
+def cmd_compile(args):
+    from .compiler import compile as compile_model
+
+    model = compile_model(args.source, num_classes=args.num_classes, update=args.update)
+    mem = model.memory
+    if args.report:
+        print(model.plan.report(model.graph))
+    if args.out:
+        model.save(args.out)
+    print("%s: %d classes, blob %d bytes (flash), arena %d bytes (SRAM; params %d), peak at %s"
+          % (args.out or args.source, model.num_classes, mem.flash, mem.sram, mem.params, mem.peak_at))
 
 
 def cmd_load(args):
@@ -108,26 +122,12 @@ def cmd_sim(args):
 
 
 def cmd_demo(args):
-    """A short self-check until the real demo exists: the host kernels, then the sim device."""
-    from . import kernels
+    from . import demo
 
-    rng = np.random.default_rng(0)
-    x = rng.integers(-128, 128, 64, dtype=np.int8)
-    w = rng.integers(-8, 8, (10, 64), dtype=np.int8)
-    bias = rng.integers(-500, 500, 10, dtype=np.int32)
-    # multiplier 2^30 with shift 1 is exactly 1.0: the output is the clamped accumulator
-    y = kernels.fully_connected(x, w, bias, np.array([1 << 30], np.int32), np.array([1], np.int32),
-                                input_offset=3, output_offset=-5)
-    expected = np.clip(w.astype(np.int32) @ (x.astype(np.int32) + 3) + bias - 5, -128, 127)
-    ok = np.array_equal(np.asarray(y, np.int32), expected)
-    print("kernels: fully_connected against numpy: %s" % ("ok" if ok else "MISMATCH"))
-    with connect("sim", timeout=args.timeout) as dev:
-        info = dev.info()
-        print("sim: %s firmware %s, protocol %d, arena %d KB, model slot %d KB"
-              % (info["board"], info["firmware_version"], info["protocol_version"], info["arena_bytes"] // 1024,
-                 info["model_slot_bytes"] // 1024))
-    if not ok:
-        raise TinyBridgeError("kernel self-check failed")
+    steps = tuple(int(v) for v in args.eval_steps.split(",")) if args.eval_steps else demo.EVAL_STEPS
+    demo.run(device=args.device, model=args.model, update=args.update, epochs=args.epochs, eval_steps=steps,
+             lr=args.lr, out=args.out, seed=args.seed, train_images=args.train_images, val_images=args.val_images,
+             connect_options=dict(timeout=args.timeout, flash=args.flash))
 
 
 def parser():
@@ -138,6 +138,16 @@ def parser():
     sub = p.add_subparsers(dest="verb", required=True)
     sub.add_parser("devs", help="list serial ports and the sim").set_defaults(run=cmd_devs)
     sub.add_parser("info", help="device, model and counters").set_defaults(run=cmd_info)
+    s = sub.add_parser("compile", help="compile a model and plan its memory")
+    s.add_argument("source", help='a zoo model ("mbv2-w0.35", "mcunet-5fps", "proxyless-w0.3") or a .tflite file')
+    s.add_argument("--num-classes", type=int, default=None,
+                   help="a new classifier of N classes (default: keep the source's)")
+    s.add_argument("--update", default=None,
+                   help='what trains: a scheme of the zoo model ("49kb", ...), "bias", "last:N", "full" '
+                        "(default: nothing, an inference model)")
+    s.add_argument("--out", help="write the model blob here")
+    s.add_argument("--report", action="store_true", help="print the memory plan step by step and its peak")
+    s.set_defaults(run=cmd_compile)
     s = sub.add_parser("load", help="upload and commit a model blob")
     s.add_argument("blob")
     s.set_defaults(run=cmd_load)
@@ -154,7 +164,17 @@ def parser():
     s = sub.add_parser("sim", help="serve the sim device on a TCP port")
     s.add_argument("--port", type=int, default=2217)
     s.set_defaults(run=cmd_sim)
-    sub.add_parser("demo", help="a short self-check").set_defaults(run=cmd_demo)
+    s = sub.add_parser("demo", help="fine-tune a pretrained network on the device, faces vs not (docs/results.md)")
+    s.add_argument("--model", default="mcunet-5fps", help="zoo model (default mcunet-5fps)")
+    s.add_argument("--update", default="49kb", help="training scheme (default 49kb, a paper scheme)")
+    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--eval-steps", help="comma-separated steps to evaluate at (default 0,50,100,150,200)")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    s.add_argument("--seed", type=int, default=0, help="data split and order seed")
+    s.add_argument("--train-images", type=int, help="use only this many training images (quick runs)")
+    s.add_argument("--val-images", type=int, help="use only this many validation images (quick runs)")
+    s.add_argument("--out", default=".", help="where demo-results.json and demo.png go (default .)")
+    s.set_defaults(run=cmd_demo)
     return p
 
 

@@ -49,13 +49,13 @@ def image_folder(folder):
 def lfw_faces(shape, n_val_per_class=30, seed=0):
     """Faces vs non-faces: scikit-image's LFW subset (100 real 25x25 faces, 100 non-faces; installed
     with scikit-image, no network), resized to `shape`. Label 1 = face ("person"), 0 = not. A fixed
-    seeded split: n_val_per_class of each class for validation, the rest (shuffled) for training."""
+    seeded split: n_val_per_class of each class for validation, the rest for training, both shuffled."""
     from skimage import data
 
     raw = data.lfw_subset()
     images = np.stack([preprocess.resize(im, shape) for im in raw])
     labels = np.r_[np.ones(100, np.int64), np.zeros(100, np.int64)]
     rng = np.random.default_rng(seed)
-    val = np.r_[rng.permutation(100)[:n_val_per_class], 100 + rng.permutation(100)[:n_val_per_class]]
+    val = rng.permutation(np.r_[rng.permutation(100)[:n_val_per_class], 100 + rng.permutation(100)[:n_val_per_class]])
     train = rng.permutation(np.setdiff1d(np.arange(200), val))
     return Split(images[train], labels[train], images[val], labels[val], ("not face", "face"))

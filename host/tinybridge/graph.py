@@ -43,7 +43,7 @@ class Op:
     bias: np.ndarray = None
     weight_scales: np.ndarray = None
     stride: int = 1
-    padding: str = "same"
+    padding: object = "same"    # "same", "valid" (TFLite) or an int pad (PyTorch): quant.conv_padding
     act_min: int = -128
     act_max: int = 127
     train_bias: bool = False
@@ -137,7 +137,9 @@ class Graph:
     def train(self, op_name, *, bias=True, weights=False, channels=None):
         """Set what op `op_name` trains. channels (with weights=True): None for all input channels
         (depthwise: all channels), a ratio in (0, 1] for the fraction with the largest weight
-        magnitude ("magnitude+", as the paper's sparse update), or explicit indices."""
+        magnitude (the paper's "magnitude+": the L2 norm of each input channel's int8 weights over
+        every output channel and tap; int(ratio · channels), at least one; ties to the lower
+        index), or explicit indices."""
         op = self.op(op_name)
         if op.kind not in WEIGHTED:
             raise ValueError("op %r (%s) has no parameters to train" % (op_name, op.kind))
@@ -153,8 +155,8 @@ class Graph:
             if not 0 < channels <= 1:
                 raise ValueError("a channel ratio must be in (0, 1], got %r" % channels)
             axes = tuple(range(op.weights.ndim - 1))
-            magnitude = np.abs(op.weights.astype(np.int32)).sum(axis=axes)
-            keep = max(1, int(round(channels * n)))
+            magnitude = (op.weights.astype(np.int64) ** 2).sum(axis=axes)
+            keep = max(1, int(channels * n))
             return np.sort(np.argsort(-magnitude, kind="stable")[:keep]).astype(np.int32)
         channels = np.asarray(channels, dtype=np.int32)
         if channels.ndim != 1 or channels.size == 0 or (np.diff(channels) <= 0).any() or \
@@ -213,7 +215,10 @@ class Graph:
         x, y = self.tensors[op.inputs[0]], self.tensors[op.output]
         if not -128 <= op.act_min <= op.act_max <= 127:
             raise ValueError("%s: bad output range" % where)
-        want = self._output_shape(op, x)
+        try:
+            want = self._output_shape(op, x)
+        except ValueError as e:  # the padding
+            raise ValueError("%s: %s" % (where, e)) from None
         if y.shape != want:
             raise ValueError("%s: output shape %s, expected %s" % (where, y.shape, want))
         if op.kind == "avgpool" and (np.float32(x.scale) != np.float32(y.scale) or x.zero_point != y.zero_point):
@@ -243,8 +248,6 @@ class Graph:
                  "pointwise": (y.shape[2], cin), "fully_connected": (y.shape[2], cin)}[op.kind]
         if op.weights is None or op.weights.dtype != np.int8 or op.weights.shape != shape:
             raise ValueError("%s: weights must be int8 %s" % (where, shape))
-        if op.kind in ("conv2d", "depthwise") and op.padding not in ("same", "valid"):
-            raise ValueError("%s: padding must be 'same' or 'valid'" % where)
         c = y.shape[2]
         if op.bias is None or op.bias.dtype != np.int32 or op.bias.shape != (c,):
             raise ValueError("%s: bias must be int32 (%d,)" % (where, c))
@@ -428,11 +431,8 @@ class Builder:
 
 
 def _geometry(h, w, kernel, stride, padding):
-    if padding not in ("same", "valid"):
-        raise ValueError("padding must be 'same' or 'valid', got %r" % (padding,))
     (kh, kw) = kernel
-    pad = quant.same_padding if padding == "same" else quant.valid_padding
-    (oh, pt), (ow, pl) = pad(h, kh, stride), pad(w, kw, stride)
+    (oh, pt), (ow, pl) = (quant.conv_padding(n, k, stride, padding) for n, k in ((h, kh), (w, kw)))
     return oh, ow, pt, pl
 
 

@@ -70,4 +70,10 @@ class Model:
                 op.bias = np.frombuffer(params, np.int32, op.bias.size, off).copy()
             if refs["weight_param"] is not None:
                 off = self.plan.buffers[refs["weight_param"]].offset
-                op.weights = np.frombuffer(params, np.int8, op.weights.size, off).reshape(op.weights.shape).copy()
+                if self.plan.sliced(op):    # only the trained input channels
+                    shape = op.weights.shape[:-1] + (len(op.channels),)
+                    op.weights = op.weights.copy()
+                    trained = np.frombuffer(params, np.int8, int(np.prod(shape)), off)
+                    op.weights[..., op.channels] = trained.reshape(shape)
+                else:
+                    op.weights = np.frombuffer(params, np.int8, op.weights.size, off).reshape(op.weights.shape).copy()

@@ -1,13 +1,35 @@
-"""The arena plan: where every buffer of a training step lives in the device's one static arena.
+"""The arena plan: where every buffer of a training step lives in the device's one static arena
+(docs/compiler.md, "Planner").
 
 The executor's steps (docs/blob-format.md, Execution) define the timeline: one step per forward op,
 the loss, then three per op of the backward pass (bias, input gradient, weights). Every buffer is
 live over the steps that use it: activations from their producer to their last reader (a weight
 gradient reads its op's input, so training keeps those activations), clamp masks until their
-producer's backward, gradients from their first contribution to their producer's weight update,
-scratch for its one step. Buffers are placed first fit, largest first, at the lowest offset that
-no buffer live at the same time occupies. The params region (trained parameters, optimizer state)
-sits at offset 0 for the model's whole life.
+producer's backward, gradients from their first contribution to their producer's last backward
+phase, scratch for its step. The params region (trained parameters, optimizer state) sits at offset
+0 for the model's whole life.
+
+What the plan does beyond giving every buffer its own lifetime:
+
+* streaming: a tensor that only the next op reads, without gradient and not read by the backward
+  pass, is computed a few rows at a time inside that next op's step, into a buffer of the rows the
+  next op's window needs (a chain of them streams through one step);
+* in place by rows: a conv2d, depthwise or pointwise op whose input (through a streamed chain: the
+  chain's first input) dies there may write its output over that input, starting at least `down`
+  bytes below it, so that no output row (the op runs row by row, top-down) lands on an input row
+  that its own row or a later one still reads;
+* an add may write its output over an input that dies there, at the same offset (elementwise);
+* the ops of a streamed chain share their kernels' scratch (they take turns, one call at a time);
+* an input gradient is requantized into its own int32 accumulator's memory, which becomes the
+  input's gradient (tb_grad_requantize_s32_s8 allows that alias); or, for a large accumulator, it is
+  computed a few input channels at a time, twice (the exponent needs the whole tensor's maximum);
+* sliced weights: the params region holds only the trained input channels of a conv2d, pointwise
+  or fully connected weight; the forward assembles the weights of a few output channels at a time
+  in a `weight_work` buffer (with their outputs), the input gradient adds the trained channels'
+  part separately (`grad_sel`).
+
+Buffers are placed first fit, in three orders (largest first, largest area first, earliest first),
+keeping the smallest arena; streaming, slicing and chunking are chosen where they lower it.
 """
 from dataclasses import dataclass
 
@@ -18,9 +40,19 @@ PARAMS_HEADER = 8                     # step count, xorshift32 state
 TENSOR_FIELDS = ("buffer", "grad", "mask")
 PARAM_FIELDS = ("bias_param", "weight_param", "bias_velocity", "weight_velocity")
 OP_FIELDS = ("scratch",) + PARAM_FIELDS + ("bias_grad", "weight_grad", "grad_scaled", "grad_acc",
-                                           "grad_scratch")
+                                           "grad_scratch", "weight_work", "grad_sel")
 BACKWARD_PHASES = ("bias", "input gradient", "weights")
-DEFAULT_WGRAD_BYTES = 8192
+DEFAULT_WGRAD_BYTES = 2048
+ROW_KINDS = ("conv2d", "depthwise", "pointwise")   # ops the executor can run by output rows
+SLICEABLE = ("conv2d", "pointwise", "fully_connected")
+ROLES = ("activation", "mask", "gradient", "scratch")   # work buffers, for the report
+ROLE_OF = {"buffer": "activation", "mask": "mask", "grad": "gradient", "scratch": "scratch",
+           "bias_grad": "gradient", "weight_grad": "gradient", "grad_scaled": "gradient", "grad_acc": "gradient",
+           "grad_sel": "gradient", "grad_scratch": "scratch", "weight_work": "scratch"}
+EXACT = None            # Buffer.over: an overlap allowed only at the same offset
+ANYWHERE = -float("inf")  # Buffer.over: any overlap (scratch of ops taking turns)
+MAX_RUN = 6             # streamable tensors weighed together
+MAX_TRIALS = 16         # rounds of trying whole weights or a (smaller) chunked input gradient at the peak
 
 
 def _align4(n):
@@ -29,18 +61,46 @@ def _align4(n):
 
 @dataclass
 class Buffer:
+    """`size` bytes at `offset`. `live`: the step intervals [(first, last), ...] it is used in (None
+    for params and plans read from a blob). `over`: the buffers live at a common step that this one
+    (an op's output, a gradient, a scratch) may overlap: {index: down} when its offset is at most
+    that buffer's - down; {index: EXACT} only at the same offset. `role`: one of ROLES or
+    "param"."""
     name: str
     size: int
     offset: int = 0
-    first: int = None     # live steps [first, last]; None for params and plans read from a blob
-    last: int = None
+    live: list = None
+    over: dict = None
+    role: str = "param"
+
+    @property
+    def first(self):
+        return None if self.live is None else self.live[0][0]
+
+    @property
+    def last(self):
+        return None if self.live is None else self.live[-1][1]
+
+    def live_at(self, step):
+        return self.live is not None and any(a <= step <= b for a, b in self.live)
+
+    def meets(self, other):
+        """Are both live at some common step."""
+        if self.live[-1][1] < other.live[0][0] or other.live[-1][1] < self.live[0][0]:
+            return False
+        if len(self.live) == 1 and len(other.live) == 1:
+            return True
+        return any(a <= d and c <= b for a, b in self.live for c, d in other.live)
 
 
 class Plan:
     """Buffers (offset, size) and which buffer each tensor and op field uses (an index into
-    `buffers`, or None). `steps` names the timeline's steps (None for a plan read from a blob)."""
+    `buffers`, or None). `stream_rows`: tensor -> rows its buffer holds when it streams;
+    `grad_chunk`: op -> input channels per chunk of a chunked input gradient. `steps` names the
+    timeline's steps (None for a plan read from a blob)."""
 
-    def __init__(self, buffers, tensor_refs, op_refs, wgrad_chunk, params_bytes, arena_bytes, steps=None):
+    def __init__(self, buffers, tensor_refs, op_refs, wgrad_chunk, params_bytes, arena_bytes, steps=None,
+                 stream_rows=None, grad_chunk=None):
         self.buffers = buffers
         self.tensor_refs = tensor_refs      # tensor name -> {field: buffer index or None}
         self.op_refs = op_refs              # op name -> {field: buffer index or None}
@@ -48,38 +108,180 @@ class Plan:
         self.params_bytes = params_bytes
         self.arena_bytes = arena_bytes
         self.steps = steps
+        self.stream_rows = stream_rows or {}
+        self.grad_chunk = grad_chunk or {}
 
     def live(self, step):
-        return [b for b in self.buffers if b.first is not None and b.first <= step <= b.last]
+        """The buffers live at `step`."""
+        if not hasattr(self, "_by_step"):
+            self._by_step = [[] for _ in self.steps]
+            for b in self.buffers:
+                for first, last in b.live or ():
+                    for s in range(first, last + 1):
+                        self._by_step[s].append(b)
+        return self._by_step[step]
+
+    def live_bytes(self, step, buffers=None):
+        """Bytes of the work region in use at `step`: the union of the live buffers' ranges."""
+        ranges = sorted((b.offset, b.offset + b.size) for b in (self.live(step) if buffers is None else buffers))
+        total, end = 0, 0
+        for lo, hi in ranges:
+            if hi > end:
+                total += hi - max(lo, end)
+                end = hi
+        return total
 
     @property
     def peak_step(self):
-        """The step needing the most memory, as (index, description): the first with the largest
-        sum of live buffers. That sum plus the params region bounds any placement from below."""
-        demand = [sum(b.size for b in self.live(s)) for s in range(len(self.steps))]
+        """The step needing the most memory, as (index, description): the first with the most work
+        bytes in use. Those plus the params region bound any placement from below."""
+        demand = [self.live_bytes(s) for s in range(len(self.steps))]
         s = demand.index(max(demand))
         return s, self.steps[s]
 
-    def report(self):
-        """The arena, the peak demand, where it occurs and what is live there."""
-        s, where = self.peak_step
-        live = sorted(self.live(s), key=lambda b: b.offset)
-        demand = self.params_bytes + sum(b.size for b in live)
-        lines = ["arena %d bytes: params %d + work %d" % (self.arena_bytes, self.params_bytes,
-                                                          self.arena_bytes - self.params_bytes),
-                 "peak demand %d bytes at step %d, %s; live there (offset, size):" % (demand, s, where)]
-        lines += ["  %8d %8d  %s" % (b.offset, b.size, b.name) for b in live]
+    def report(self, g):
+        """The plan of graph g as a table: per forward op and per backward op (the phase using the
+        most bytes), its shapes and the bytes in use there by role (activations, saved masks,
+        gradients, scratch: buffers overlapping in place counted once), then the peak."""
+        if self.steps is None:
+            return "a plan read from a blob has no timeline"
+        rows = {}   # (pass, op name) -> (step, bytes by role, total), in timeline order
+        for s, step in enumerate(self.steps):
+            words = step.split(" ")
+            key = (words[0], words[1] if len(words) > 1 else "")
+            live = self.live(s)
+            total = self.live_bytes(s, live)
+            if key not in rows or total > rows[key][2]:
+                use = {role: self.live_bytes(s, [b for b in live if b.role == role]) for role in ROLES}
+                rows[key] = (s, use, total)
+        peak, where = self.peak_step
+        lines = ["%-5s %-9s %-24s %-22s %-28s %9s %9s %9s %9s %9s" %
+                 ("step", "pass", "op", "kind", "shapes", "act", "mask", "grad", "scratch", "total")]
+        for (phase, name), (s, use, total) in rows.items():
+            op = next((o for o in g.ops if o.name == name), None)
+            kind = "" if op is None else op.kind + (" (streamed)" if op.output in self.stream_rows else "")
+            shapes = "" if op is None else "%s -> %s" % (
+                "+".join("x".join(map(str, g.tensors[t].shape)) for t in op.inputs),
+                "x".join(map(str, g.tensors[op.output].shape)))
+            lines.append("%-5d %-9s %-24s %-22s %-28s %9d %9d %9d %9d %9d%s" % (
+                s, phase, name, kind, shapes, use["activation"], use["mask"], use["gradient"],
+                use["scratch"], total, "  <- peak" if s == peak else ""))
+        lines.append("params region %d bytes (trained parameters, optimizer state) at offset 0" % self.params_bytes)
+        lines.append("peak: %d bytes in use at step %d, %s; arena %d bytes (params + %d)"
+                     % (self.params_bytes + self.live_bytes(peak), peak, where, self.arena_bytes,
+                        self.arena_bytes - self.params_bytes))
         return "\n".join(lines)
 
+    def sliced(self, op):
+        """Does the params region hold only the trained channels of op's weights (weight_slice)."""
+        return self.op_refs[op.name]["weight_work"] is not None
+
+    def conflicts(self):
+        """Pairs of buffers live at a common step whose ranges overlap other than as the executor
+        makes safe (Buffer.over). Empty for every plan `plan()` makes."""
+        work = [(i, b) for i, b in enumerate(self.buffers) if b.live is not None]
+        out = []
+        for k, (i, a) in enumerate(work):
+            for j, b in work[k + 1:]:
+                if a.offset < b.offset + b.size and b.offset < a.offset + a.size and a.meets(b) \
+                        and not _sanctioned(a, j, b) and not _sanctioned(b, i, a):
+                    out.append((a.name, b.name))
+        return out
+
+
+def _sanctioned(a, j, b):
+    """May buffer a overlap buffer b (index j) where they are."""
+    if not a.over or j not in a.over:
+        return False
+    if a.over[j] is EXACT:
+        return a.offset == b.offset
+    return a.offset <= b.offset - a.over[j]
+
+
+# ---------------- geometry of running an op by rows ----------------
+
+def window(g, op, r):
+    """Input rows [a, b) that output row r of a conv2d / depthwise / pointwise op reads."""
+    if op.kind == "pointwise":
+        return r, r + 1
+    h = g.tensors[op.inputs[0]].shape[0]
+    _, _, pad_top, _ = g.out_geometry(op)
+    top = r * op.stride - pad_top
+    return max(0, top), min(h, top + op.kernel[0])
+
+
+def window_rows(g, op):
+    """The most input rows one output row reads."""
+    return max(b - a for a, b in (window(g, op, r) for r in range(g.tensors[op.output].shape[0])))
+
+
+def row_bytes(t):
+    return t.shape[1] * t.shape[2]
+
+
+def root(g, op, stream):
+    """The first materialized tensor op reads: its input, or through streamed tensors the input of
+    the chain that streams into it."""
+    t = op.inputs[0]
+    while t in stream:
+        t = g.ops[g.producer(t)].inputs[0]
+    return t
+
+
+def root_row(g, op, r, stream):
+    """The first row of root(op) that output row r of op reads (through a streamed chain)."""
+    a = window(g, op, r)[0]
+    t = op.inputs[0]
+    while t in stream:
+        p = g.ops[g.producer(t)]
+        a = window(g, p, a)[0]
+        t = p.inputs[0]
+    return a
+
+
+def inplace_shift(g, op, stream):
+    """How far op's output must start below its root input so that, its rows running top-down, no
+    output row overlaps a root row that its own row or a later one still reads: the least `down`
+    with (r + 1)·out_row <= a_r·in_row + down for every output row r (a multiple of 4)."""
+    x, y = g.tensors[root(g, op, stream)], g.tensors[op.output]
+    ib, ob = row_bytes(x), row_bytes(y)
+    down = max((r + 1) * ob - root_row(g, op, r, stream) * ib for r in range(y.shape[0]))
+    return _align4(max(0, down))
+
+
+def _inplace_extent(g, op, stream):
+    x, y = g.tensors[root(g, op, stream)], g.tensors[op.output]
+    return max(inplace_shift(g, op, stream) + _align4(x.size), _align4(y.size))
+
+
+def grad_chunk_bytes(g, op, channels):
+    """grad_acc bytes of an input gradient computed `channels` input channels at a time: the int32
+    sums of one chunk and one more (the whole tensor's largest), the chunk's weights and, for a
+    depthwise op, its output gradient (docs/blob-format.md)."""
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+    positions = x.size // x.shape[2]
+    weights = op.weights.size // op.weights.shape[-1] * channels
+    h = y.size // y.shape[2] * channels if op.kind == "depthwise" else 0
+    return 4 * (positions * channels + 1) + _align4(weights) + h
+
+
+# ---------------- sizes ----------------
 
 def _kernel_scratch(g, op):
-    """Bytes of forward kernel scratch op needs (tb_*_scratch_bytes of the device's kernels)."""
+    """Bytes of forward kernel scratch op needs (tb_*_scratch_bytes of the device's kernels): the
+    most that the whole op or any one-row call of it needs (it may run by rows)."""
     x = g.tensors[op.inputs[0]]
     if op.kind == "conv2d":
         _, _, pt, pl = g.out_geometry(op)
         p = conv_params(op.kernel, (op.stride, op.stride), (pt, pl), -x.zero_point,
                         g.tensors[op.output].zero_point, op.act_min, op.act_max)
-        return _checks.lib.tb_conv2d_s8_scratch_bytes(p, _checks.shape(*x.shape))
+        whole = _checks.lib.tb_conv2d_s8_scratch_bytes(p, _checks.shape(*x.shape))
+        calls = []
+        for r in range(g.tensors[op.output].shape[0]):
+            a, b = window(g, op, r)
+            p.pad_top = a - (r * op.stride - pt)
+            calls.append(_checks.lib.tb_conv2d_s8_scratch_bytes(p, _checks.shape(b - a, *x.shape[1:])))
+        return max(calls + [whole])
     if op.kind == "pointwise":
         return _checks.lib.tb_pointwise_conv_s8_scratch_bytes(x.shape[2])
     return 0
@@ -90,7 +292,18 @@ def _taps(op):
     return kh * kw
 
 
-def _op_buffer_sizes(g, i, needs, wgrad_chunk):
+def partially_trained(op):
+    """Does op train its weights on only some of their input channels (depthwise: channels)."""
+    return op.train_weights and len(op.channels) < op.weights.shape[-1]
+
+
+def weight_slice(op, weights):
+    """The trained channels of `weights` as a sliced params region holds them: every output
+    channel and tap, the trained input channels innermost ([out][taps][n_channels])."""
+    return weights[..., op.channels]
+
+
+def _op_buffer_sizes(g, i, needs, wgrad_chunk, sliced, grad_chunk):
     """{field: bytes} of op i's buffers that the blob format requires (docs/blob-format.md)."""
     op = g.ops[i]
     x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
@@ -106,18 +319,25 @@ def _op_buffer_sizes(g, i, needs, wgrad_chunk):
     n_sel = 0 if op.channels is None else len(op.channels)
     per_channel = _taps(op) * n_sel
     momentum = g.momentum > 0
+    grad_in = g.grad_to_input(op, 0, needs)
     if op.train_bias:
         sizes["bias_param"] = sizes["bias_grad"] = 4 * c
         if momentum:
             sizes["bias_velocity"] = 4 * c
     if op.train_weights:
-        sizes["weight_param"] = op.weights.size
         depthwise = op.kind == "depthwise"
+        if sliced:
+            sizes["weight_param"] = per_channel * c
+            sizes["weight_work"] = _weight_work_bytes(op, y, wgrad_chunk)
+            in_positions = x.size // x.shape[2] if op.kind != "fully_connected" else 1
+            sizes["grad_sel"] = 4 * n_sel * (in_positions if grad_in else 1)
+        else:
+            sizes["weight_param"] = op.weights.size
         if momentum:
             sizes["weight_velocity"] = 4 * per_channel * (1 if depthwise else c)
         sizes["weight_grad"] = 4 * per_channel * (1 if depthwise else wgrad_chunk)
-    if g.grad_to_input(op, 0, needs):
-        sizes["grad_acc"] = 4 * x.size
+    if grad_in:
+        sizes["grad_acc"] = grad_chunk_bytes(g, op, grad_chunk) if grad_chunk else 4 * x.size
         if op.train_weights:
             sizes["grad_scaled"] = y.size
         if op.kind in ("pointwise", "fully_connected"):
@@ -127,18 +347,167 @@ def _op_buffer_sizes(g, i, needs, wgrad_chunk):
     return sizes
 
 
+def _weight_work_bytes(op, y, chunk):
+    """weight_work of a sliced op: the whole weights of `chunk` output channels, then their
+    outputs at every output position."""
+    return chunk * (op.weights.size // op.weights.shape[0]) + chunk * (y.size // y.shape[2])
+
+
 def _chunk_for(op, out_c, wgrad_bytes):
-    """Output channels per weight-gradient chunk: as many as fit wgrad_bytes (at least one)."""
+    """Output channels per weight-gradient chunk (and per forward chunk of sliced weights): as many
+    as fit wgrad_bytes (at least one)."""
     per_channel = 4 * _taps(op) * len(op.channels)
     return max(1, min(out_c, wgrad_bytes // per_channel))
 
 
-def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES):
-    """Plan graph g's arena. wgrad_bytes bounds each weight-gradient chunk."""
+# ---------------- which tensors stream ----------------
+
+def _consumers(g):
+    uses = {t: [] for t in g.tensors}
+    for i, op in enumerate(g.ops):
+        for t in set(op.inputs):
+            uses[t].append(i)
+    return uses
+
+
+def _work_steps(g, stream):
+    """The step in which each op's forward runs: a streamed tensor's producer runs inside its
+    consumer's step (and so on down a streamed chain)."""
+    steps = list(range(len(g.ops)))
+    for i in reversed(range(len(g.ops) - 1)):
+        if g.ops[i].output in stream:
+            steps[i] = steps[i + 1]
+    return steps
+
+
+def _forward_demand(g, stream, consumers, steps):
+    """Bytes of activations live at each of `steps` (forward steps) when `stream` streams and every
+    op that can runs in place: the planner's lifetimes and overlaps, without placing."""
+    work = _work_steps(g, stream)
+    forever = len(g.ops)
+    span, size = {}, {}
+    for name, t in g.tensors.items():
+        p = g.producer(name)
+        last = max([forever if g.ops[i].train_weights else work[i] for i in consumers[name]] or [forever])
+        span[name] = (0 if p is None else work[p], forever if name == g.output else last)
+        size[name] = _align4(stream[name] * row_bytes(t) if name in stream else t.size)
+    demand = []
+    for s in steps:
+        d = sum(size[t] for t, (a, b) in span.items() if a <= s <= b)
+        for i, op in enumerate(g.ops):
+            if work[i] != s or op.output in stream:
+                continue
+            x = root(g, op, stream) if op.kind in ROW_KINDS else None
+            if x is not None and span[x][1] == s:
+                d -= size[x] + size[op.output] - _inplace_extent(g, op, stream)
+            elif op.kind == "add" and any(span[t][1] == s for t in op.inputs):
+                d -= size[op.output]
+        demand.append(d)
+    return demand
+
+
+def _streamed(g, needs, consumers):
+    """{tensor: rows} of the tensors to stream. A tensor may stream when a row op produces it, only
+    the next op reads it (a row op that does not train its weights) and it has no gradient. Along
+    each run of such tensors (consecutive ops), the subset that streams is the one giving the
+    fewest activation bytes live at once around the run (then the fewest summed over its steps)."""
+    def streamable(i):
+        p, c = g.ops[i], g.ops[i + 1]
+        return p.kind in ROW_KINDS and c.kind in ROW_KINDS and consumers[p.output] == [i + 1] \
+            and not needs[i] and not c.train_weights
+
+    runs, i = [], 0
+    while i < len(g.ops) - 1:
+        j = i
+        while j < len(g.ops) - 1 and streamable(j) and j - i < MAX_RUN:
+            j += 1
+        if j > i:
+            runs.append(range(i, j))
+        i = max(j, i + 1)
+    stream = {}
+    for run in runs:
+        around = range(max(0, run[0] - 2), min(len(g.ops), run[-1] + 3))
+        best = None
+        for bits in range(1 << len(run)):
+            trial = dict(stream)
+            for k, i in enumerate(run):
+                if bits >> k & 1:
+                    trial[g.ops[i].output] = window_rows(g, g.ops[i + 1])
+            demand = _forward_demand(g, trial, consumers, around)
+            if best is None or (max(demand), sum(demand)) < best[0]:
+                best = (max(demand), sum(demand)), trial
+        stream = best[1]
+    return stream
+
+
+# ---------------- the plan ----------------
+
+def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True):
+    """Plan graph g's arena. wgrad_bytes bounds each weight-gradient chunk. overlap=False plans
+    every buffer apart and keeps whole weights (no streaming, in-place op, sliced weights, nor
+    chunked or in-place input gradient): the same results with more memory."""
     g.validate()
-    n = len(g.ops)
     needs = g.needs_output_grad()
-    steps = ["forward %s (%s)" % (op.name, op.kind) for op in g.ops] + ["loss"]
+    consumers = _consumers(g)
+    stream = _streamed(g, needs, consumers) if overlap else {}
+    sliced = {op.name for op in g.ops if overlap and op.kind in SLICEABLE and partially_trained(op)}
+    chunked = {}
+
+    best = _layout(g, needs, consumers, stream, sliced, chunked, wgrad_bytes, overlap)
+    if not overlap:
+        return best
+    # at the peak, try whole weights for a sliced op or chunks for an input gradient; keep the best
+    for _ in range(MAX_TRIALS):
+        peak, _ = best.peak_step
+        trials = []
+        for op in g.ops:
+            refs = best.op_refs[op.name]
+            if op.name in sliced and any(best.buffers[refs[f]].live_at(peak) for f in ("weight_work", "grad_sel")):
+                trials.append((sliced - {op.name}, chunked))
+            if refs["grad_acc"] is not None and best.buffers[refs["grad_acc"]].live_at(peak) \
+                    and _chunkable(g, needs, sliced, op):
+                channels = chunked[op.name] // 2 if op.name in chunked else g.tensors[op.inputs[0]].shape[2] // 8
+                if channels >= 1:
+                    trials.append((sliced, dict(chunked, **{op.name: channels})))
+        better = None
+        for sliced_trial, chunked_trial in trials:
+            trial = _layout(g, needs, consumers, stream, sliced_trial, chunked_trial, wgrad_bytes, overlap)
+            if _cost(trial) < _cost(better[0] if better else best):
+                better = trial, sliced_trial, chunked_trial
+        if better is None:
+            break
+        best, sliced, chunked = better
+    # a chunked input gradient costs a second pass: keep only those the arena needs
+    for name in list(chunked):
+        trial_chunked = {k: v for k, v in chunked.items() if k != name}
+        trial = _layout(g, needs, consumers, stream, sliced, trial_chunked, wgrad_bytes, overlap)
+        if trial.arena_bytes <= best.arena_bytes:
+            best, chunked = trial, trial_chunked
+    return best
+
+
+def _cost(p):
+    """What the trials minimize: the arena, then the largest demands of single steps (buffer
+    bytes live there, overlaps counted twice) from the largest down."""
+    demand = [0] * len(p.steps)
+    for b in p.buffers:
+        for first, last in b.live or ():
+            for s in range(first, last + 1):
+                demand[s] += b.size
+    return p.arena_bytes, sorted(demand, reverse=True)[:16]
+
+
+def _chunkable(g, needs, sliced, op):
+    """May op's input gradient run in chunks of input channels: a row op sending the first gradient
+    to its input, with whole weights."""
+    return op.kind in ROW_KINDS and g.grad_to_input(op, 0, needs) and g.grad_is_first(g.ops.index(op), 0, needs) \
+        and op.name not in sliced and g.tensors[op.inputs[0]].shape[2] > 1
+
+
+def _layout(g, needs, consumers, stream, sliced, chunked, wgrad_bytes, overlap):
+    n = len(g.ops)
+    steps = ["forward %s (%s)" % (op.name, op.kind) + (" -> streamed" if op.output in stream else "")
+             for op in g.ops] + ["loss"]
     phase_step = {}
     for i in reversed(range(n)):
         if needs[i]:
@@ -146,70 +515,144 @@ def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES):
                 phase_step[i, phase] = len(steps)
                 steps.append("backward %s (%s): %s" % (g.ops[i].name, g.ops[i].kind, phase))
     loss = n
+    work_step = _work_steps(g, stream)
 
     buffers, tensor_refs, op_refs = [], {}, {}
 
-    def new(name, size, first=None, last=None):
-        buffers.append(Buffer(name, _align4(size), 0, first, last))
+    def new(name, field, size, *live):
+        buffers.append(Buffer(name, _align4(size), 0, list(live) or None, role=ROLE_OF.get(field, "param")))
         return len(buffers) - 1
 
-    # params region: step, rng, then each op's parameters in field order
-    wgrad_chunk, params_end = {}, PARAMS_HEADER
-    for i, op in enumerate(g.ops):
-        chunked = op.train_weights and op.kind != "depthwise"
-        wgrad_chunk[op.name] = _chunk_for(op, g.tensors[op.output].shape[2], wgrad_bytes) if chunked else 0
-        sizes = _op_buffer_sizes(g, i, needs, wgrad_chunk[op.name])
-        refs = op_refs[op.name] = dict.fromkeys(OP_FIELDS)
-        for field in PARAM_FIELDS:
-            if field in sizes:
-                refs[field] = new("%s.%s" % (op.name, field), sizes[field])
-                buffers[-1].offset = params_end
-                params_end += buffers[-1].size
-        # work buffers of one step: the forward's scratch, each backward phase's
-        input_step = phase_step.get((i, "input gradient"))
-        used_at = {"scratch": i, "bias_grad": phase_step.get((i, "bias")),
-                   "weight_grad": phase_step.get((i, "weights")), "grad_scaled": input_step,
-                   "grad_acc": input_step, "grad_scratch": input_step}
-        for field, s in used_at.items():
-            if field in sizes:
-                refs[field] = new("%s.%s" % (op.name, field), sizes[field], s, s)
+    def may_overlap(index, other, shifts):
+        buffers[index].over = {**(buffers[index].over or {}), other: shifts}
 
     # tensors: values, gradients, masks
     for name, t in g.tensors.items():
         p = g.producer(name)
-        first = 0 if p is None else p
+        first = 0 if p is None else work_step[p]
         last = first
-        for i, op in enumerate(g.ops):
-            if name in op.inputs:
-                last = max(last, phase_step[i, "weights"] if op.train_weights else i)
+        for i in consumers[name]:
+            last = max(last, phase_step[i, "weights"] if g.ops[i].train_weights else work_step[i])
         if name == g.output:
             last = max(last, loss)
         refs = tensor_refs[name] = dict.fromkeys(TENSOR_FIELDS)
-        refs["buffer"] = new(name, t.size, first, last)
+        size = stream[name] * row_bytes(t) if name in stream else t.size
+        refs["buffer"] = new(name, "buffer", size, (first, last))
         if g.has_gradient(name, needs):
-            contributions = [phase_step[i, "input gradient"] for i, op in enumerate(g.ops)
-                             for k, x in enumerate(op.inputs) if x == name and g.grad_to_input(op, k, needs)]
+            contributions = [phase_step[i, "input gradient"] for i in consumers[name]
+                             for k, x in enumerate(g.ops[i].inputs)
+                             if x == name and g.grad_to_input(g.ops[i], k, needs)]
             born = loss if name == g.output else min(contributions)
-            refs["grad"] = new(name + ".grad", t.size, born, phase_step[p, "weights"])
-            refs["mask"] = new(name + ".mask", (t.size + 7) // 8, p, phase_step[p, "bias"])
+            op = g.ops[p]
+            read_until = "weights" if op.train_weights else "input gradient" if any(
+                g.grad_to_input(op, k, needs) for k in range(len(op.inputs))) else "bias"
+            refs["grad"] = new(name + ".grad", "grad", t.size, (born, phase_step[p, read_until]))
+            refs["mask"] = new(name + ".mask", "mask", (t.size + 7) // 8, (work_step[p], phase_step[p, "bias"]))
+
+    # params region (step, rng, then each op's parameters in field order) and op work buffers
+    wgrad_chunk, params_end = {}, PARAMS_HEADER
+    for i, op in enumerate(g.ops):
+        chunked_wgrad = op.train_weights and op.kind != "depthwise"
+        wgrad_chunk[op.name] = _chunk_for(op, g.tensors[op.output].shape[2], wgrad_bytes) if chunked_wgrad else 0
+        sizes = _op_buffer_sizes(g, i, needs, wgrad_chunk[op.name], op.name in sliced, chunked.get(op.name))
+        refs = op_refs[op.name] = dict.fromkeys(OP_FIELDS)
+        for field in PARAM_FIELDS:
+            if field in sizes:
+                refs[field] = new("%s.%s" % (op.name, field), field, sizes[field])
+                buffers[-1].offset = params_end
+                params_end += buffers[-1].size
+        bias_step, input_step, weights_step = (phase_step.get((i, phase)) for phase in BACKWARD_PHASES)
+        sel_from = input_step if g.grad_to_input(op, 0, needs) else weights_step
+        used_at = {"scratch": (work_step[i], work_step[i]), "bias_grad": (bias_step, bias_step),
+                   "weight_grad": (weights_step, weights_step), "grad_scaled": (input_step, input_step),
+                   "grad_acc": (input_step, input_step), "grad_scratch": (input_step, input_step),
+                   "weight_work": (work_step[i], work_step[i]), "grad_sel": (sel_from, weights_step)}
+        for field, live in used_at.items():
+            if field in sizes:
+                refs[field] = new("%s.%s" % (op.name, field), field, sizes[field], live)
+
+    if overlap:
+        for i, op in enumerate(g.ops):
+            if op.output in stream:
+                continue
+            out = tensor_refs[op.output]["buffer"]
+            if op.kind in ROW_KINDS:
+                x = root(g, op, stream)
+                if buffers[tensor_refs[x]["buffer"]].last == work_step[i]:
+                    may_overlap(out, tensor_refs[x]["buffer"], inplace_shift(g, op, stream))
+            elif op.kind == "add":
+                dying = [x for x in op.inputs if buffers[tensor_refs[x]["buffer"]].last == i]
+                if dying:
+                    may_overlap(out, tensor_refs[dying[0]]["buffer"], EXACT)
+            acc = op_refs[op.name]["grad_acc"]
+            if op.kind in G.WEIGHTED and acc is not None and g.grad_is_first(i, 0, needs) \
+                    and op.name not in chunked:
+                may_overlap(tensor_refs[op.inputs[0]]["grad"], acc, EXACT)
+        # the ops of a streamed chain take turns, one kernel call at a time: their scratch is shared
+        scratch = [op_refs[op.name]["scratch"] for op in g.ops]
+        for i in range(n):
+            for j in range(i + 1, n):
+                if work_step[i] == work_step[j] and scratch[i] is not None and scratch[j] is not None:
+                    may_overlap(scratch[j], scratch[i], ANYWHERE)
 
     params_bytes = _align4(params_end)
-    arena = _place([b for b in buffers if b.first is not None], params_bytes)
-    return Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params_bytes, arena, steps)
+    arena = _place(buffers, params_bytes)
+    return Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params_bytes, arena, steps, stream, dict(chunked))
 
 
-def _place(work, base):
-    """First fit, largest first: each buffer at the lowest offset >= base where it overlaps no
-    placed buffer live at the same time. Returns the arena's end."""
-    placed, end = [], base
-    for b in sorted(work, key=lambda b: (-b.size, b.first)):
-        busy = sorted((o.offset, o.offset + o.size) for o in placed if o.first <= b.last and b.first <= o.last)
-        offset = base
-        for lo, hi in busy:
-            if offset + b.size <= lo:
-                break
-            offset = max(offset, hi)
+# Orders in which _place tries the buffers; it keeps the placement with the smallest arena.
+_ORDERS = (lambda b: (-b.size, b.first),
+           lambda b: (-b.size * (b.last - b.first + 1), b.first),
+           lambda b: (b.first, -b.size))
+
+
+def _forbidden(b, i, p, j):
+    """Offsets [lo, hi) where buffer b (index i) may not go, given placed buffer p (index j)."""
+    overlapping = (p.offset - b.size + 1, p.offset + p.size)
+    if b.over and j in b.over:            # b may overlap p from below
+        if b.over[j] is EXACT:
+            return [(overlapping[0], p.offset), (p.offset + 1, overlapping[1])]
+        return [(max(overlapping[0], p.offset - b.over[j] + 1), overlapping[1])]
+    if p.over and i in p.over:            # p may overlap b from below
+        if p.over[i] is EXACT:
+            return [(overlapping[0], p.offset), (p.offset + 1, overlapping[1])]
+        return [(overlapping[0], min(overlapping[1], p.offset + p.over[i]))]
+    return [overlapping]
+
+
+def _place(buffers, base):
+    """Places the work buffers first fit: each at the lowest offset >= base where it overlaps no
+    placed buffer live at a common step (but as Buffer.over allows), taken in each of _ORDERS;
+    keeps the smallest arena and returns its end."""
+    work = [(i, b) for i, b in enumerate(buffers) if b.live is not None]
+    # an output that may overlap its input from below goes just before that input (and so on down
+    # a chain of them)
+    below = {i: j for i, b in work if b.over for j, down in b.over.items() if down is not EXACT and down >= 0}
+
+    def chain(i):
+        depth = 0
+        while i in below:
+            i, depth = below[i], depth + 1
+        return buffers[i], depth
+
+    best = None
+    for key in _ORDERS:
+        def rank(ib):
+            bottom, depth = chain(ib[0])
+            return key(bottom), -depth
+        placed, end = [], base
+        for i, b in sorted(work, key=rank):
+            forbidden = sorted(f for j, p in placed if b.meets(p) for f in _forbidden(b, i, p, j))
+            offset = base
+            for lo, hi in forbidden:   # offsets in [lo, hi) would overlap
+                if offset < lo:
+                    break
+                offset = max(offset, hi)
+            b.offset = offset
+            end = max(end, offset + b.size)
+            placed.append((i, b))
+        if best is None or end < best[0]:
+            best = end, [b.offset for _, b in work]
+    for (_, b), offset in zip(work, best[1]):
         b.offset = offset
-        placed.append(b)
-        end = max(end, offset + b.size)
-    return end
+    return best[0]

@@ -4,9 +4,9 @@ import time
 
 
 class _PlainBar:
-    def __init__(self, total, desc, unit):
+    def __init__(self, total, desc, unit, initial):
         self.total, self.desc, self.unit = total, desc, unit
-        self.n = 0
+        self.n = self._initial = initial
         self.postfix = ""
         self._shown = 0.0
         self._start = time.monotonic()
@@ -18,7 +18,7 @@ class _PlainBar:
             self._shown = now
             width = 30
             filled = width * n // self.total if self.total else width
-            rate = n / max(now - self._start, 1e-9)
+            rate = (n - self._initial) / max(now - self._start, 1e-9)
             sys.stderr.write("\r%s [%s%s] %d/%d %s (%.0f %s/s) %s" % (
                 self.desc, "#" * filled, "." * (width - filled), n, self.total, self.unit, rate, self.unit,
                 self.postfix))
@@ -32,11 +32,12 @@ class _PlainBar:
 
 
 class _TqdmBar:
-    def __init__(self, total, desc, unit):
+    def __init__(self, total, desc, unit, initial):
         import tqdm
 
         scale = unit == "B"
-        self._bar = tqdm.tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000)
+        self._bar = tqdm.tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
+                              initial=initial)
 
     def update_to(self, n):
         self._bar.update(n - self._bar.n)
@@ -48,10 +49,10 @@ class _TqdmBar:
         self._bar.close()
 
 
-def progress_bar(total, desc, unit="B"):
-    """A bar with update_to(n), set_postfix_str(text) and close()."""
+def progress_bar(total, desc, unit="B", initial=0):
+    """A bar with update_to(n), set_postfix_str(text) and close(), starting at `initial` done."""
     try:
         import tqdm  # noqa: F401
     except ImportError:
-        return _PlainBar(total, desc, unit)
-    return _TqdmBar(total, desc, unit)
+        return _PlainBar(total, desc, unit, initial)
+    return _TqdmBar(total, desc, unit, initial)

@@ -69,6 +69,19 @@ def valid_padding(in_size, kernel, stride):
     return (in_size - kernel + stride) // stride, 0
 
 
+def conv_padding(in_size, kernel, stride, padding):
+    """(out_size, pad_before) of a convolution: padding "same" or "valid" (TFLite), or an int p,
+    p zeros before and after as PyTorch's Conv2d(padding=p) (its output size; the kernels leave
+    out what lies beyond the input at the end)."""
+    if padding == "same":
+        return same_padding(in_size, kernel, stride)
+    if padding == "valid":
+        return valid_padding(in_size, kernel, stride)
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and 0 <= padding < kernel:
+        return (in_size + 2 * int(padding) - kernel) // stride + 1, int(padding)
+    raise ValueError("padding must be 'same', 'valid' or an int in [0, kernel), got %r" % (padding,))
+
+
 def add_multipliers(a_scale, b_scale, y_scale, left_shift=20):
     """TFLite int8 ADD requantization: ((m_a, s_a), (m_b, s_b), (m_y, s_y)) for the given scales."""
     a, b, y = (float(np.float32(s)) for s in (a_scale, b_scale, y_scale))

@@ -6,8 +6,10 @@ so that a model trained here and one trained on a device agree byte for byte.
     loss, label_pred, step = sim.train_step(model.input_tensor(image), label)
     sim.params() == device.read_params()
 
-Each tensor is its own numpy array here; the device shares arena memory as the plan says. A plan
-that let two live buffers overlap would make the device disagree with this simulation.
+Each tensor is its own whole numpy array here; the device shares arena memory as the plan says
+(streaming, in-place ops, chunked input gradients and sliced weights compute the same numbers by
+parts). A plan that let two live buffers overlap unsafely would make the device disagree with this
+simulation.
 """
 import struct
 from collections import namedtuple
@@ -15,6 +17,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import kernels, quant
+from . import plan as P
 from .device import StepResult
 
 # INFER's answer before dequantization: logit value = scale * (logits - zero_point)
@@ -229,7 +232,10 @@ class Simulator:
                                  ("bias_velocity", self.bias_velocity),
                                  ("weight_velocity", self.weight_velocity)):
                 if refs[field] is not None:
-                    raw = np.ascontiguousarray(store[op.name]).tobytes()
+                    value = store[op.name]
+                    if field == "weight_param" and plan.sliced(op):
+                        value = P.weight_slice(op, value)
+                    raw = np.ascontiguousarray(value).tobytes()
                     off = plan.buffers[refs[field]].offset
                     out[off:off + len(raw)] = raw
         return bytes(out)

@@ -73,6 +73,8 @@ tb_status tb_fully_connected_s8(int32_t in_features, int32_t out_features, const
 tb_status tb_avgpool_global_s8(tb_shape in, const int8_t *x, int32_t act_min, int32_t act_max,
                                int8_t *y);
 
+/* y may alias a or b (elementwise: each element is read before it is written; the executor's
+ * in-place add relies on it, tests/test_inplace.py). */
 tb_status tb_add_s8(const tb_add_params *p, const int8_t *a, const int8_t *b, int32_t n,
                     int8_t *y);
 

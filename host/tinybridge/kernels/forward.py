@@ -50,19 +50,16 @@ def pointwise_conv(x, w, bias, mult, shift, *, input_offset, output_offset, act_
 
 
 def out_size(in_size, kernel, stride, padding):
-    """Output size and leading pad of TFLite "same" or "valid" padding."""
-    from ..quant import same_padding, valid_padding
-    if padding == "same":
-        return same_padding(in_size, kernel, stride)
-    if padding == "valid":
-        return valid_padding(in_size, kernel, stride)
-    raise ValueError("padding must be 'same' or 'valid', got %r" % (padding,))
+    """Output size and leading pad of "same" or "valid" padding (TFLite) or an explicit int pad
+    (PyTorch): quant.conv_padding."""
+    from ..quant import conv_padding
+    return conv_padding(in_size, kernel, stride, padding)
 
 
 def conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input_offset, output_offset,
            act_min=-128, act_max=127):
     """k x k convolution. x (H, W, Cin) int8, w (Cout, kh, kw, Cin) int8 (OHWI), bias (Cout,) int32
-    or None, mult/shift (Cout,) int32. stride 1 or 2 (or more), padding "same" or "valid"."""
+    or None, mult/shift (Cout,) int32. stride 1 or 2 (or more), padding "same", "valid" or an int (out_size)."""
     x = C.array("x", x, np.int8, ndim=3)
     h, wd, ci = x.shape
     w = C.array("w", w, np.int8, (None, None, None, ci))

@@ -67,7 +67,7 @@ def _pair(name, v):
 
 
 def _geometry(in_hw, kernel, stride, padding):
-    """(out_h, out_w, pad_top, pad_left) of a TFLite SAME/VALID convolution."""
+    """(out_h, out_w, pad_top, pad_left) of a convolution (padding as forward.out_size)."""
     (h, w), (kh, kw) = in_hw, kernel
     C.integer("stride", stride, 1, 4)
     oh, pt = out_size(h, kh, stride, padding)

@@ -1,0 +1,89 @@
+"""The planner's overlaps on the device's executor (the ASan build of device/model.c and exec.c): the
+same numbers with and without them, and the loader rejects an overlap that breaks the rules
+(docs/blob-format.md, "Streaming", "In place"). The kernel-level proofs: tests/test_inplace.py."""
+import binascii
+import struct
+
+import numpy as np
+import pytest
+
+import model_harness as H
+from tinybridge import compiler, plan, simulate
+from tinybridge.model import Model
+
+rng = np.random.default_rng(7)
+
+
+@pytest.fixture(scope="module")
+def zoo_small():
+    """mcunet-5fps at 64x64 with scheme 74kb: streamed chains, in-place ops, chunked input gradients
+    and sliced weights, small enough to run quickly."""
+    m = compiler.compile("mcunet-5fps", num_classes=2, update="74kb", input_shape=(64, 64, 3))
+    images = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    return m, images
+
+
+def in_place_pairs(m):
+    p = m.plan
+    return [(b.name, p.buffers[j].name) for b in p.buffers if b.over for j in b.over
+            if b.offset < p.buffers[j].offset + p.buffers[j].size and p.buffers[j].offset < b.offset + b.size]
+
+
+def test_the_device_computes_the_same_with_and_without_overlaps(zoo_small):
+    m, images = zoo_small
+    apart = Model(m.graph, plan.plan(m.graph, overlap=False))
+    assert m.plan.stream_rows and m.plan.grad_chunk and any(m.plan.sliced(op) for op in m.graph.ops)
+    assert len(in_place_pairs(m)) >= 10 and not in_place_pairs(apart) and not m.plan.conflicts()
+    assert m.memory.sram < apart.memory.sram
+    results = []
+    for model in (m, apart):
+        recs = [H.Record("train", model.input_tensor(x), i % 2, 0.0) for i, x in enumerate(images[:4])]
+        recs.append(H.Record("infer", model.input_tensor(images[4])))
+        _, got, params, _, _ = H.run([model.to_bytes()], recs, 256 * 1024)
+        sim = simulate.Simulator(model)
+        for r in recs[:4]:
+            sim.train_step(r.x, r.label)
+        assert params == sim.params()
+        results.append(got)
+    for a, b in zip(*results):
+        assert a[:3] == b[:3] and (a[0] == "train" or np.array_equal(a[3], b[3]))
+
+
+def test_the_loader_rejects_unsafe_overlaps(zoo_small):
+    m, _ = zoo_small
+    data = m.to_bytes()
+    p, g = m.plan, m.graph
+    n_t, n_o = len(g.tensors), len(g.ops)
+    names = list(g.tensors)
+    buffers_at = 64 + 24 * n_t + 88 * n_o
+
+    def with_offset(buffer, offset):
+        blob = bytearray(data)
+        struct.pack_into("<I", blob, buffers_at + 8 * buffer, offset)
+        return fix_crc(blob)
+
+    def with_tensor_rows(name, rows):
+        blob = bytearray(data)
+        struct.pack_into("<H", blob, 64 + 24 * names.index(name) + 6, rows)
+        return fix_crc(blob)
+
+    # an in-place output moved one row too close to the input it still reads
+    ops = {op.name: op for op in g.ops}
+    name = next(a for a, _ in in_place_pairs(m) if a in ops and ops[a].kind in plan.ROW_KINDS
+                and ops[a].inputs[0] not in p.stream_rows)
+    op = g.op(name)
+    out, x = p.tensor_refs[name]["buffer"], p.tensor_refs[op.inputs[0]]["buffer"]
+    closer = p.buffers[x].offset - p.buffers[out].over[x] + 4
+    streamed = next(iter(p.stream_rows))
+    short = p.stream_rows[streamed] - 1
+    cases = [(with_offset(out, closer), "output row"),
+             (with_tensor_rows(streamed, short), "streams %d rows" % short),
+             (with_tensor_rows(g.output, 1), "streams but no op reads it next")]
+    results = H.load_many([c[0] for c in cases], 256 * 1024)
+    for (_, message), (status, got) in zip(cases, results):
+        assert status == 11 and message in got, (message, got)
+
+
+def fix_crc(blob):
+    struct.pack_into("<I", blob, 12, binascii.crc32(bytes(blob[16:])))
+    return bytes(blob)
