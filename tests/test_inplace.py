@@ -69,6 +69,7 @@ def test_an_output_over_its_input_by_rows_equals_the_whole_op(name):
     assert np.array_equal(run_rows(g, op, x, np.zeros(size, np.uint8), base, base - down, rows), whole)
 
 
+@pytest.mark.not_replayed
 def test_without_the_shift_an_expansion_overwrites_what_it_reads():
     g, _ = small_graph()
     op = g.op("expand")
