@@ -539,3 +539,108 @@ def test_backward_bad_arguments_are_value_errors():
         K.softmax_cross_entropy(np.zeros(4, np.int8), 0, scale=0.0, zero_point=0)
     with pytest.raises(ValueError, match="mult"):
         K.grad_scale_channels(g, 0, np.full(2, 5, np.int32), np.zeros(2, np.int32))
+
+
+# ---------------- the kernels' DSP paths: shapes that reach every block of them ----------------
+# The int32 sums against numpy on the host; tests/test_target_qemu.py replays these calls on the
+# Cortex-M7, where the DSP paths run (reduction blocks over 48 terms, column blocks over 32, one
+# position, bands of depthwise rows, channels past the last group of four, trained channels in and
+# out of runs of four).
+
+def np_geometry(hw, k, stride, padding):
+    if padding == "same":
+        out = [-(-n // stride) for n in hw]
+        pads = [max(0, (o - 1) * stride + k - n) // 2 for o, n in zip(out, hw)]
+    else:
+        out = [(n - k) // stride + 1 for n in hw]
+        pads = [0, 0]
+    return out, pads
+
+
+def np_windows(x, k, stride, padding, offset=0):
+    """(out_h, out_w, k, k, C) int64 windows of x + offset, padding 0."""
+    h, w, c = x.shape
+    (oh, ow), (pt, pl) = np_geometry((h, w), k, stride, padding)
+    xp = np.zeros((h + 2 * k, w + 2 * k, c), np.int64)
+    xp[pt:pt + h, pl:pl + w] = x.astype(np.int64) + offset
+    win = np.zeros((oh, ow, k, k, c), np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            win[:, :, ky, kx] = xp[ky:ky + (oh - 1) * stride + 1:stride, kx:kx + (ow - 1) * stride + 1:stride]
+    return win
+
+
+def np_input_grad(h, w, in_hw, k, stride, padding, depthwise):
+    (oh, ow), (pt, pl) = np_geometry(in_hw, k, stride, padding)
+    c = w.shape[-1]
+    acc = np.zeros((in_hw[0] + 2 * k, in_hw[1] + 2 * k, c), np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            if depthwise:
+                contrib = h.astype(np.int64) * w[ky, kx].astype(np.int64)
+            else:
+                contrib = h.astype(np.int64) @ w[:, ky, kx, :].astype(np.int64)
+            acc[ky:ky + (oh - 1) * stride + 1:stride, kx:kx + (ow - 1) * stride + 1:stride] += contrib
+    return acc[pt:pt + in_hw[0], pl:pl + in_hw[1]]
+
+
+def sel_runs(rng, n):
+    """Trained channels: runs of four adjacent ones and strays."""
+    keep = rng.random(n) < 0.6
+    for i in range(0, n - 3, 7):
+        keep[i:i + 4] = True
+    return np.flatnonzero(keep).astype(np.int32)
+
+
+@pytest.mark.parametrize("n_pos,ci,co", [(1, 7, 3), (1, 40, 13), (1, 33, 1700), (2, 37, 50), (3, 70, 100),
+                                         (7, 5, 49), (16, 96, 64), (50, 33, 8)])
+def test_pointwise_kernels_dsp_shapes(n_pos, ci, co):
+    rng = np.random.default_rng(n_pos * 1000 + ci * 10 + co)
+    x = rng.integers(-128, 128, (n_pos, 1, ci), dtype=np.int8)
+    g = rng.integers(-127, 128, (n_pos, 1, co), dtype=np.int8)
+    w = rng.integers(-127, 128, (co, ci), dtype=np.int8)
+    for sel, c_range in ((None, None), (sel_runs(rng, ci), (co // 3, co))):
+        gw = K.pointwise_weight_grad(x, g, input_offset=-27, sel=sel, c_range=c_range)
+        s = np.arange(ci) if sel is None else sel
+        cb, ce = c_range or (0, co)
+        want = g.reshape(n_pos, co)[:, cb:ce].astype(np.int64).T @ (x.reshape(n_pos, ci)[:, s].astype(np.int64) - 27)
+        np.testing.assert_array_equal(gw, want)
+    acc = K.pointwise_input_grad(g, w)
+    np.testing.assert_array_equal(acc.reshape(n_pos, ci), g.reshape(n_pos, co).astype(np.int64) @ w.astype(np.int64))
+
+
+@pytest.mark.parametrize("shape,co,stride,padding", [((9, 11, 20), 50, 1, "same"), ((12, 9, 3), 16, 2, "same"),
+                                                     ((10, 13, 6), 7, 2, "valid"), ((7, 8, 5), 97, 1, "valid")])
+def test_conv2d_kernels_dsp_shapes(shape, co, stride, padding):
+    rng = np.random.default_rng(sum(shape) + co)
+    x = rng.integers(-128, 128, shape, dtype=np.int8)
+    w = rng.integers(-127, 128, (co, 3, 3, shape[2]), dtype=np.int8)
+    win = np_windows(x, 3, stride, padding, offset=11)
+    g = rng.integers(-127, 128, win.shape[:2] + (co,), dtype=np.int8)
+    for sel, c_range in ((None, None), (sel_runs(rng, shape[2]), (1, co - 1))):
+        gw = K.conv2d_weight_grad(x, g, kernel=3, stride=stride, padding=padding, input_offset=11, sel=sel,
+                                  c_range=c_range)
+        s = np.arange(shape[2]) if sel is None else sel
+        cb, ce = c_range or (0, co)
+        want = np.einsum("yxc,yxabj->cabj", g[..., cb:ce].astype(np.int64), win[..., s])
+        np.testing.assert_array_equal(gw, want)
+    acc = K.conv2d_input_grad(g, w, in_hw=shape[:2], stride=stride, padding=padding)
+    np.testing.assert_array_equal(acc, np_input_grad(g, w, shape[:2], 3, stride, padding, False))
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [((40, 30, 6), 3, 1, "same"), ((33, 41, 9), 3, 2, "same"),
+                                                    ((24, 20, 8), 5, 1, "valid"), ((30, 26, 5), 7, 2, "same"),
+                                                    ((5, 3, 4), 3, 1, "same"), ((9, 9, 12), 7, 1, "same")])
+def test_depthwise_kernels_dsp_shapes(shape, k, stride, padding):
+    rng = np.random.default_rng(sum(shape) + k)
+    x = rng.integers(-128, 128, shape, dtype=np.int8)
+    w = rng.integers(-127, 128, (k, k, shape[2]), dtype=np.int8)
+    win = np_windows(x, k, stride, padding, offset=-5)
+    g = rng.integers(-127, 128, win.shape[:2] + (shape[2],), dtype=np.int8)
+    for sel in (None, sel_runs(rng, shape[2])):
+        gw = K.depthwise_weight_grad(x, g, kernel=k, stride=stride, padding=padding, input_offset=-5, sel=sel)
+        s = np.arange(shape[2]) if sel is None else sel
+        want = np.einsum("yxc,yxabc->abc", g[..., s].astype(np.int64), win[..., s])
+        np.testing.assert_array_equal(gw, want)
+    acc = K.depthwise_input_grad(g, w, in_hw=shape[:2], stride=stride, padding=padding)
+    np.testing.assert_array_equal(acc, np_input_grad(g, w, shape[:2], k, stride, padding, True))

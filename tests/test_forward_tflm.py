@@ -84,6 +84,31 @@ def test_depthwise_bitexact(seed, stride, kernel):
     np.testing.assert_array_equal(got, want)
 
 
+# Planes beyond conv_case's (the DSP paths' bands): 3x3 rows of 13-24 and 25-48 input-pair slots
+# (band rows moved up), tall narrow planes whose 5x5 / 7x7 inputs take several bands, odd rows,
+# channels past the last group of four.
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((40, 30, 6), 3, 1, "same"), ((37, 46, 5), 3, 1, "valid"), ((29, 64, 4), 3, 2, "same"),
+    ((51, 34, 9), 3, 2, "valid"), ((60, 70, 4), 3, 1, "same"), ((100, 16, 5), 5, 2, "same"),
+    ((90, 15, 4), 7, 2, "same"), ((70, 8, 6), 5, 1, "same"), ((4, 4, 8), 5, 1, "same"),
+])
+def test_depthwise_bitexact_large_planes(shape, kernel, stride, padding):
+    rng = np.random.default_rng(sum(shape) + 10 * kernel + stride)
+    ci = shape[2]
+    act = ACTS[int(rng.integers(0, 3))]
+    x_q = rand_quant(rng)
+    w_scales = rng.uniform(0.001, 0.05, ci).astype(np.float32)
+    y_q = output_quant(rng, x_q[0], w_scales, kernel * kernel, act)
+    x = rng.integers(-128, 128, shape, dtype=np.int8)
+    w = rng.integers(-127, 128, (kernel, kernel, ci), dtype=np.int8)
+    bias = rng.integers(-3000, 3000, ci, dtype=np.int32)
+    a = kernel_args(x_q, w_scales, y_q, act)
+    got = kernels.depthwise_conv2d(x, w, bias, a.pop("mult"), a.pop("shift"), stride=stride,
+                                   padding=padding, **a)
+    want = tflm.depthwise_conv2d(x, w, bias, x_q, w_scales, y_q, stride, padding, act, got.shape[:2])
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_pointwise_bitexact(seed):
     rng = np.random.default_rng(200 + seed)

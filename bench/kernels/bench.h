@@ -59,6 +59,7 @@ typedef struct {
     tb_add_params ap;
     tb_shape in, out;
     int32_t n, n_pos, n_sel;
+    int32_t chunk;     /* output channels of one call when fewer than the layer's (0: all) */
 } bench_ctx;
 
 typedef struct {

@@ -9,9 +9,10 @@
  * RESULTS (text, one line each):
  *   O <ticks> <calls>                      the empty call, for the overhead per call
  *   K <kernel> <unit> <layer> <status> <ret> <ops> <ref ticks> <ref calls> <ticks> <calls> <out_h>
- *     [first difference: buffer <index> <byte offset> <reference value> <value>]
+ *     <chunk> [first difference: buffer <index> <byte offset> <reference value> <value>]
  *     status: ok | differ | toobig; out_h: output rows measured (fewer than the layer's when the
- *     layer's buffers do not fit the arena; ops are those of the rows measured)
+ *     layer's buffers do not fit the arena; ops are those of the rows measured); chunk: output
+ *     channels measured when a weight gradient runs by chunks of output channels (0: all)
  * FILTER: kernel names separated by '+' (QEMU's option syntax reserves commas; default: all).
  *
  * Timing: CMSDK TIMER0 counts the 25 MHz system clock; with -icount shift=0,sleep=off one tick is
@@ -356,7 +357,7 @@ int main(void)
             put_str(km->unit);
             put_u64((uint64_t)li);
             if (arena_need > ARENA_BYTES) {
-                put_str(" toobig 0 0 0 0 0 0 0");
+                put_str(" toobig 0 0 0 0 0 0 0 0");
                 end_line();
                 continue;
             }
@@ -372,6 +373,7 @@ int main(void)
             put_u64(dut.ticks);
             put_u64(dut.calls);
             put_u64((uint64_t)c.L.out_h);
+            put_u64((uint64_t)c.chunk);
             int32_t where[4];
             if (ref.hash != dut.hash && first_difference(kr, km, &c, seed, where)) {
                 put_str(" first difference: buffer");

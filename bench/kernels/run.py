@@ -157,6 +157,10 @@ def _global_symbols(src, includes, obj_dir):
 OPTIMIZED = ("pointwise_conv_s8.c", "depthwise_conv2d_s8.c", "conv2d_s8.c", "fully_connected_s8.c")
 FORWARD_OPTIMIZED = ("conv2d", "depthwise", "pointwise", "fully_connected")
 TARGETS = {"pointwise": 1.0, "depthwise": 0.5}   # MAC/instruction over the network
+# backward kernels: within 2x of their forward counterpart (at least half its MAC/instruction)
+BACKWARD = (("pointwise_weight_grad", "pointwise"), ("pointwise_input_grad", "pointwise"),
+            ("depthwise_weight_grad", "depthwise"), ("depthwise_input_grad", "depthwise"),
+            ("conv2d_weight_grad", "conv2d"), ("conv2d_input_grad", "conv2d"))
 
 
 def network_ratio(rows, kernel):
@@ -269,15 +273,17 @@ def parse(text, shapes):
             overhead = int(f[1]) * INSTR_PER_TICK / int(f[2])
         elif f[0] == "K":
             name, unit, li, status = f[1], f[2], int(f[3]), f[4]
-            ret, ops, rt, rc, dt, dc, out_h = (int(v) for v in f[5:12])
+            ret, ops, rt, rc, dt, dc, out_h, chunk = (int(v) for v in f[5:13])
             shape = shapes[li]
             row = dict(kernel=name, unit=unit, shape=shape, status=status, ret=ret, ops=ops, out_h=out_h,
-                       difference=" ".join(f[12:]))
+                       chunk=chunk, difference=" ".join(f[13:]))
             if status != "toobig":
                 row["ref_instr"] = rt * INSTR_PER_TICK / rc - overhead
                 row["instr"] = dt * INSTR_PER_TICK / dc - overhead
                 # the full layer's work, when fewer rows were measured
                 row["scale"] = shape["out_h"] / out_h if shape["kind"] not in (FC, POOL) else 1.0
+                if chunk:   # one chunk of output channels, as the device runs large weight gradients
+                    row["scale"] *= shape["out_c"] / chunk
             rows.append(row)
     return overhead, rows
 
@@ -312,7 +318,11 @@ def report(rows, before=None, before_rev=None):
         for r in kr:
             s = r["shape"]
             names = s["layers"][0] + (" (+%d)" % (len(s["layers"]) - 1) if len(s["layers"]) > 1 else "")
-            shp = shape_text(s) + ("" if r.get("scale", 1) == 1 else " [%d rows measured]" % r["out_h"])
+            shp = shape_text(s)
+            if r.get("out_h", s["out_h"]) != s["out_h"] and s["kind"] not in (FC, POOL):
+                shp += " [%d rows measured]" % r["out_h"]
+            if r.get("chunk"):
+                shp += " [%d output channels a call]" % r["chunk"]
             b = bmap.get((k, s["label"]))
             bcell = ""
             if has_before:
@@ -419,6 +429,12 @@ def main(argv=None):
         got = network_ratio(rows, k)
         if got is not None:
             targets.append("%s %.3f (target %.1f: %s)" % (k, got, goal, "met" if got >= goal else "NOT met"))
+    backward = []
+    for k, fwd in BACKWARD:
+        got, ref = network_ratio(rows, k), network_ratio(rows, fwd)
+        if got is not None and ref is not None:
+            backward.append("%s %.3f (%.2fx the instructions per MAC of %s's %.3f: %s)"
+                            % (k, got, ref / got, fwd, ref, "met" if got >= ref / 2 else "NOT met"))
     text = "\n".join([
         SECTION, "",
         "Produced by `%s` (%.0f s on this machine). %s; %s; flags `%s`."
@@ -437,9 +453,13 @@ def main(argv=None):
         " firmware; a kernel whose outputs differ gets no figures. Network figures = total work /"
         " total instructions over all layers; work is MACs (nominal: every tap, padding included) or"
         " elements for elementwise kernels. Layers too large for the bench's RAM are measured on fewer"
-        " output rows and scaled." % (args.model, overhead),
+        " output rows, weight gradients on a chunk of output channels (as the device runs them),"
+        " and scaled." % (args.model, overhead),
         "",
         "Aggregate forward figures: " + "; ".join(targets) + "." if targets else "",
+        "",
+        "Backward kernels, target within 2x of the forward counterpart: " + "; ".join(backward) + "."
+        if backward else "",
         "",
         "Reference points (STM32F746 at 216 MHz, forward int8, from the papers): TinyEngine 82 MMAC/s"
         " ≈ 0.38 MAC/cycle; CMSIS-NN 52 MMAC/s ≈ 0.24 MAC/cycle. Cycles are not instructions: the M7"

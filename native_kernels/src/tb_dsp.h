@@ -113,6 +113,11 @@ TB_INLINE int32_t tb_dsp_requant(int32_t acc2, int32_t mult, int32_t round, int3
     return __ssat(t >> e, 8);
 }
 
+/* n >= 0 words of zeros at p (word aligned), eight per STM; n >= 1 words of zeros at each of p,
+ * p + gs, p + 2 gs, p + 3 gs (gs in bytes). Assembly in tb_dsp_gemm.c: GCC turns the C loops
+ * into memset calls behind alias checks. */
+void tb_dsp_zero(int32_t *p, int32_t n);
+void tb_dsp_zero4(int32_t *p, int32_t gs, int32_t n);
 
 #endif /* TB_DSP */
 #endif

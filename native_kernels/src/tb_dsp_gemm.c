@@ -639,6 +639,58 @@ void tb_dsp_clamp_s8(int8_t *y, int32_t n, int32_t lo, int32_t hi)
     for (int32_t i = 0; i < n; i++) y[i] = (int8_t)(y[i] < lo ? lo : (y[i] > hi ? hi : y[i]));
 }
 
+/* ---------------------------------------------------------------- zeros (tb_dsp.h) */
+
+__attribute__((naked)) void tb_dsp_zero(int32_t *p, int32_t n)
+{
+    (void)p, (void)n;
+    __asm volatile(
+        "push {r4-r9}\n\t"
+        "movs r2, #0\n\t"
+        "movs r3, #0\n\t"
+        "movs r4, #0\n\t"
+        "movs r5, #0\n\t"
+        "movs r6, #0\n\t"
+        "movs r7, #0\n\t"
+        "movs r8, #0\n\t"
+        "movs r9, #0\n\t"
+        "b 2f\n\t"
+        "1:\n\t"
+        "stmia r0!, {r2, r3, r4, r5, r6, r7, r8, r9}\n\t"
+        "2:\n\t"
+        "subs r1, r1, #8\n\t"
+        "bge 1b\n\t"
+        "adds r1, r1, #8\n\t"
+        "beq 4f\n\t"
+        "3:\n\t"
+        "str r2, [r0], #4\n\t"
+        "subs r1, r1, #1\n\t"
+        "bne 3b\n\t"
+        "4:\n\t"
+        "pop {r4-r9}\n\t"
+        "bx lr\n\t");
+}
+
+__attribute__((naked)) void tb_dsp_zero4(int32_t *p, int32_t gs, int32_t n)
+{
+    (void)p, (void)gs, (void)n;
+    __asm volatile(
+        "push {r4-r7}\n\t"
+        "movs r4, #0\n\t"
+        "add r5, r0, r1\n\t"
+        "add r6, r5, r1\n\t"
+        "add r7, r6, r1\n\t"
+        "1:\n\t"
+        "str r4, [r0], #4\n\t"
+        "str r4, [r5], #4\n\t"
+        "str r4, [r6], #4\n\t"
+        "str r4, [r7], #4\n\t"
+        "subs r2, r2, #1\n\t"
+        "bne 1b\n\t"
+        "pop {r4-r7}\n\t"
+        "bx lr\n\t");
+}
+
 #else
 typedef int tb_dsp_gemm_unused; /* an empty translation unit is not ISO C */
 #endif
