@@ -908,10 +908,9 @@ __attribute__((naked)) static void dws_run(const dws_ctx *c)
 
 extern const uint8_t tb_dws_taps[]; /* the unrolled taps of dws_run (7 x 24 bytes) */
 
-/* a row of n positions of four channels (stride ch bytes) into 2 n words [c0 c2] [c1 c3] + offset
- * (assembly: LDR, two SXTAB16, STRD a position, two positions a loop) */
-__attribute__((naked)) static void dws_expand_n(const int8_t *src, int32_t n, int32_t ch,
-                                                int32_t off2, int32_t *dst)
+/* tb_dsp.h: tb_dsp_expand_quads (also the depthwise gradients' expansion) */
+__attribute__((naked)) void tb_dsp_expand_quads(const int8_t *src, int32_t n, int32_t ch, int32_t off2,
+                                                int32_t *dst)
 {
     (void)src, (void)n, (void)ch, (void)off2, (void)dst;
     __asm volatile(
@@ -1022,7 +1021,7 @@ static int depthwise_small(const tb_conv_params *p, tb_shape in, const int8_t *x
         }
         for (int32_t b = 0; b < nb; b++) {
             for (int32_t iy = br[b]; iy < be[b]; iy++)
-                dws_expand_n(x + iy * in.w * ch + c, in.w, ch, off2, xb + (iy - br[b]) * xrow);
+                tb_dsp_expand_quads(x + iy * in.w * ch + c, in.w, ch, off2, xb + (iy - br[b]) * xrow);
             k.yt = yt + 3 * bo[b];
             k.ytend = yt + 3 * bo[b + 1];
             k.y = y + bo[b] * out.w * ch + c;

@@ -16,45 +16,9 @@
 #define TB_DWG_WORDS 1024 /* band buffer: 4 KB */
 #define TB_DWG_MAX_TAPS 49
 
-/* a row of n positions of four channels (stride ch bytes) into 2 n words [c0 c2] [c1 c3], x +
- * offset (assembly: LDR, SXTAB16 twice, STRD per position, two a loop) */
-__attribute__((naked)) static void dwg_expand_n(const int8_t *src, int32_t n, int32_t ch,
-                                                int32_t off2, int32_t *dst)
-{
-    (void)src, (void)n, (void)ch, (void)off2, (void)dst;
-    __asm volatile(
-        "push {r4-r8, lr}\n\t"
-        "ldr r12, [sp, #24]\n\t"           /* dst */
-        "add lr, r12, r1, lsl #3\n\t"      /* dst end */
-        "tst r1, #1\n\t"
-        "beq 2f\n\t"
-        "ldr r4, [r0]\n\t"
-        "add r0, r0, r2\n\t"
-        "sxtab16 r5, r3, r4\n\t"
-        "sxtab16 r6, r3, r4, ror #8\n\t"
-        "strd r5, r6, [r12], #8\n\t"
-        "2:\n\t"
-        "cmp r12, lr\n\t"
-        "beq 3f\n\t"
-        "1:\n\t"
-        "ldr r4, [r0]\n\t"
-        "ldr r7, [r0, r2]\n\t"
-        "add r0, r0, r2, lsl #1\n\t"
-        "sxtab16 r5, r3, r4\n\t"
-        "sxtab16 r6, r3, r4, ror #8\n\t"
-        "sxtab16 r8, r3, r7\n\t"
-        "sxtab16 r7, r3, r7, ror #8\n\t"
-        "strd r5, r6, [r12], #8\n\t"
-        "strd r8, r7, [r12], #8\n\t"
-        "cmp r12, lr\n\t"
-        "bne 1b\n\t"
-        "3:\n\t"
-        "pop {r4-r8, pc}\n\t");
-}
-
 static void dwg_expand(const int8_t *src, int32_t n, int32_t ch, int32_t off2, int32_t *dst)
 {
-    if (n > 0) dwg_expand_n(src, n, ch, off2, dst);
+    if (n > 0) tb_dsp_expand_quads(src, n, ch, off2, dst);
 }
 
 static void dwg_zero(int32_t *dst, int32_t n)

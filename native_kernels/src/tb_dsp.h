@@ -119,5 +119,10 @@ TB_INLINE int32_t tb_dsp_requant(int32_t acc2, int32_t mult, int32_t round, int3
 void tb_dsp_zero(int32_t *p, int32_t n);
 void tb_dsp_zero4(int32_t *p, int32_t gs, int32_t n);
 
+/* A row of n positions of four channels (stride ch bytes) into 2n words [c0 c2] [c1 c3], each
+ * value plus the offset pair off2 (assembly: LDR, two SXTAB16, STRD a position, two a loop);
+ * the depthwise kernels' input expansion (depthwise_conv2d_s8.c). */
+void tb_dsp_expand_quads(const int8_t *src, int32_t n, int32_t ch, int32_t off2, int32_t *dst);
+
 #endif /* TB_DSP */
 #endif
