@@ -124,5 +124,18 @@ void tb_dsp_zero4(int32_t *p, int32_t gs, int32_t n);
  * the depthwise kernels' input expansion (depthwise_conv2d_s8.c). */
 void tb_dsp_expand_quads(const int8_t *src, int32_t n, int32_t ch, int32_t off2, int32_t *dst);
 
+/* One step of the 3x2 SMLAD tile both int8 GEMM cores use (tb_dsp_gemm.c, tb_dsp_grad.c), as
+ * inline-assembly text: three int16-pair words of one operand from r11 (post-incremented), two of
+ * the other from r12 (LDRD), six SMLADs into the accumulators r0-r5 (12 MACs). */
+#define TB_DSP_SMLAD_3X2_STEP            \
+    "ldmia r11!, {r6, r7, r8}\n\t"       \
+    "ldrd r9, r10, [r12], #8\n\t"        \
+    "smlad r0, r6, r9, r0\n\t"           \
+    "smlad r1, r7, r9, r1\n\t"           \
+    "smlad r2, r8, r9, r2\n\t"           \
+    "smlad r3, r6, r10, r3\n\t"          \
+    "smlad r4, r7, r10, r4\n\t"          \
+    "smlad r5, r8, r10, r5\n\t"
+
 #endif /* TB_DSP */
 #endif

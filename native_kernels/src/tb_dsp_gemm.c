@@ -23,15 +23,7 @@
  *         y_p[i] = SSAT8((SMMLAR(a, M, K + (a < 0 ? -1 : 0))) >> e)   (tb_dsp.h)
  *     y_0 at y, y_1 at y + oc, y_2 at y + oc2; y += 2
  */
-#define TRIO_STEP                        \
-    "ldmia r11!, {r6, r7, r8}\n\t"       \
-    "ldrd r9, r10, [r12], #8\n\t"        \
-    "smlad r0, r6, r9, r0\n\t"           \
-    "smlad r1, r7, r9, r1\n\t"           \
-    "smlad r2, r8, r9, r2\n\t"           \
-    "smlad r3, r6, r10, r3\n\t"          \
-    "smlad r4, r7, r10, r4\n\t"          \
-    "smlad r5, r8, r10, r5\n\t"
+#define TRIO_STEP TB_DSP_SMLAD_3X2_STEP
 #define TRIO_OUT(A, DST)                 \
     "add r9, r7, " A ", asr #31\n\t"     \
     "smmlar " A ", " A ", r6, r9\n\t"    \

@@ -17,15 +17,7 @@
  *         a[r][i] = SMLAD(xr, wi, a[r][i])         (6 SMLADs, 12 MACs; the set form's first
  *     y_r[0..1] = a[r][0..1]; y_r += 2              step is SMUAD)
  * Frame: 0 y0, 4 y1, 8 y2, 12 xs, 16 entry (absolute), 20 wend. */
-#define ACC_STEP                         \
-    "ldmia r11!, {r6, r7, r8}\n\t"       \
-    "ldrd r9, r10, [r12], #8\n\t"        \
-    "smlad r0, r6, r9, r0\n\t"           \
-    "smlad r1, r7, r9, r1\n\t"           \
-    "smlad r2, r8, r9, r2\n\t"           \
-    "smlad r3, r6, r10, r3\n\t"          \
-    "smlad r4, r7, r10, r4\n\t"          \
-    "smlad r5, r8, r10, r5\n\t"
+#define ACC_STEP TB_DSP_SMLAD_3X2_STEP
 #define ACC_STEP4 ACC_STEP ACC_STEP ACC_STEP ACC_STEP
 /* frame: 0 y0, 4 y1, 8 y2, 12 xs, 16 entry (absolute), 20 wend, 24 the duo head (set or add) */
 __attribute__((naked)) void tb_dsp_acc_trio(const tb_acc_ctx *c)
