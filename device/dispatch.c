@@ -250,9 +250,9 @@ static int cmd_save(tb_call *c)
     if (rc != TB_OK)
         return rc;
     uint32_t size = tb_model_current()->params_bytes;
-    if (size > tb_store_params_capacity())
-        return tb_fail(c, TB_ERR_TOO_LARGE, "%u bytes of parameters exceed the %u-byte checkpoint slot",
-                       (unsigned)size, (unsigned)tb_store_params_capacity());
+    rc = tb_check_params_fit(c, size);
+    if (rc != TB_OK)
+        return rc;
     tb_xfer_cancel(TB_SLOT_PARAMS); /* its staging slot may be the one about to be erased */
     const uint8_t *params = tb_model_params();
     uint32_t generation;

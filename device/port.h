@@ -10,17 +10,16 @@
 enum { TB_COUNTER_INSTRUCTIONS = 0, TB_COUNTER_CYCLES = 1, TB_COUNTER_NANOSECONDS = 2 };
 
 typedef struct {
-    uint32_t offset, size;  /* into the storage flash; both on erase-block boundaries */
-} tb_flash_range;
-
-typedef struct {
     const char *name;           /* HELLO.board */
     uint8_t counter_unit;       /* TB_COUNTER_* */
     uint8_t window;             /* XFER_DATA frames the board buffers while the core is busy */
-    uint32_t flash_size;        /* bytes of storage flash, memory-mapped at tb_port_flash() */
-    tb_flash_range model_area;  /* both model slots: slot A from its start ... */
-    uint32_t model_split;       /* ... slot B from this offset (relative to model_area) to its end */
-    tb_flash_range params[2];   /* the two checkpoint slots; they share no erase block */
+    /* The storage flash, memory-mapped at tb_port_flash(): the erase sectors after the firmware's.
+     * sector_start[i] is sector i's offset (sector_start[0] = 0), sector_start[sector_count] the
+     * storage size. The store (device/store.h) derives its slots from them: the last two sectors
+     * are model slots A and B, the one before them is shared, the ones before that (at least two)
+     * hold the checkpoints. */
+    uint8_t sector_count;
+    const uint32_t *sector_start;
 } tb_board;
 
 const tb_board *tb_port_board(void);

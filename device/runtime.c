@@ -48,16 +48,16 @@ int tb_load_committed(const tb_stored_model *m, char *err, uint32_t err_len)
 
 void tb_load_newest(void)
 {
-    tb_stored_model models[2];
+    tb_stored_model models[TB_MODEL_SLOTS];
     int n = tb_store_models(models);
     for (int i = 0; i < n; i++) {
         char err[TB_MESSAGE_MAX + 1];
         if (tb_load_committed(&models[i], err, sizeof err) == TB_OK) {
             tb_log(TB_LOG_INFO, "model %08x (%u bytes) loaded from slot %c", (unsigned)models[i].crc,
-                   (unsigned)models[i].size, 'A' + models[i].slot);
+                   (unsigned)models[i].size, TB_MODEL_SLOT_NAMES[models[i].slot]);
             return;
         }
-        tb_log(TB_LOG_WARNING, "model in slot %c rejected: %s", 'A' + models[i].slot, err);
+        tb_log(TB_LOG_WARNING, "model in slot %c rejected: %s", TB_MODEL_SLOT_NAMES[models[i].slot], err);
     }
 }
 

@@ -44,6 +44,19 @@ void tb_put_model_info(tb_call *c)
     tb_put_u32(c, tb_model_step());
 }
 
+int tb_check_params_fit(tb_call *c, uint32_t size)
+{
+    uint32_t capacity = tb_store_params_capacity();
+    if (size <= capacity)
+        return TB_OK;
+    if (tb_store_shared_by_model())
+        return tb_fail(c, TB_ERR_TOO_LARGE, "%u bytes of parameters exceed the %u-byte checkpoint slot beside "
+                       "a model over %u bytes", (unsigned)size, (unsigned)capacity,
+                       (unsigned)tb_store_unshared_model_capacity());
+    return tb_fail(c, TB_ERR_TOO_LARGE, "%u bytes of parameters exceed the %u-byte checkpoint slot",
+                   (unsigned)size, (unsigned)capacity);
+}
+
 /* Prepares the destination of a new transfer; the model slot's flash is erased here, before
  * any data frame is in flight, because erasing can take seconds on a board. */
 static int prepare(tb_call *c, uint8_t slot, uint32_t size, transfer *t)
@@ -82,9 +95,9 @@ static int prepare(tb_call *c, uint8_t slot, uint32_t size, transfer *t)
     if (size != m->params_bytes)
         return tb_fail(c, TB_ERR_BAD_ARGUMENT, "parameters of %u bytes; the model has %u",
                        (unsigned)size, (unsigned)m->params_bytes);
-    if (size > tb_store_params_capacity())
-        return tb_fail(c, TB_ERR_TOO_LARGE, "%u bytes of parameters exceed the %u-byte checkpoint slot",
-                       (unsigned)size, (unsigned)tb_store_params_capacity());
+    rc = tb_check_params_fit(c, size);
+    if (rc != TB_OK)
+        return rc;
     t->flash_slot = tb_store_params_begin();
     if (t->flash_slot == TB_NO_SLOT)
         return tb_fail(c, TB_ERR_FLASH, "flash erase failed");
@@ -168,12 +181,12 @@ static int commit_model(tb_call *c, const transfer *t)
         tb_load_newest();
         return tb_fail(c, TB_ERR_FLASH, "flash write of the model record failed");
     }
-    tb_stored_model newest[2];
+    tb_stored_model newest[TB_MODEL_SLOTS];
     tb_store_models(newest);
     tb_rt.model = newest[0];
     tb_rt.has_model = 1;
     tb_log(TB_LOG_INFO, "model %08x (%u bytes) committed to slot %c", (unsigned)t->crc, (unsigned)t->size,
-           'A' + t->flash_slot);
+           TB_MODEL_SLOT_NAMES[t->flash_slot]);
     tb_put_model_info(c);
     return TB_OK;
 }

@@ -20,12 +20,13 @@ def tiny_blob(seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def big_blob():
-    """A valid model blob larger than model slot B (512 KB) but within the whole model area:
-    one fully connected layer over a 128x128x3 image, 12 classes (~590 KB)."""
+def big_blob(classes=12):
+    """A valid model blob of ~49 KB per class: one fully connected layer over a 128x128x3 image,
+    bias trained. 12 classes (~590 KB): larger than model slots A and B together (512 KB), so it
+    starts in the shared sector; 6 classes (~295 KB): over slots A and B."""
     rng = np.random.default_rng(0)
     b = graph.Builder(rng.integers(0, 256, (4, 128, 128, 3), dtype=np.uint8))
-    fc = b.fully_connected(b.input, rng.normal(0, 0.01, (12, 128 * 128 * 3)), None, name="fc")
+    fc = b.fully_connected(b.input, rng.normal(0, 0.01, (classes, 128 * 128 * 3)), None, name="fc")
     g = b.build(fc)
     g.train("fc", bias=True)
     return Model(g).to_bytes()

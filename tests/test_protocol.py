@@ -109,7 +109,8 @@ def test_hello_and_stats(dev):
     assert info["max_payload"] == MAX_PAYLOAD and info["window"] >= 1
     assert info["counter_unit"] == "ns"
     assert info["arena_bytes"] == 256 * 1024
-    assert info["model_slot_bytes"] == 896 * 1024 - 64
+    assert info["model_slot_bytes"] == 768 * 1024 - 64  # sectors 5-7 (docs/protocol.md, "Flash")
+    assert info["params_slot_bytes"] == 160 * 1024 - 32  # sectors 3-4 and 5: no model uses sector 5
     assert set(info["capabilities"]) == {"train", "infer", "save", "set_baud"}
     assert info["model"] is None and info["model_crc32"] == 0
     stats = dev.stats()

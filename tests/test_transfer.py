@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 
+import numpy as np
 import pytest
 
 import tinybridge as tb
@@ -135,9 +136,18 @@ def test_lost_data_frames_are_resent():
         assert dev.stats()["bad_frames"] == 3
 
 
-def test_large_blob_replaces_the_model_in_place(dev, caplog):
-    small, big = tiny_blob(), big_blob()
-    assert dev.info()["model_slot_bytes"] >= len(big) > 512 * 1024
+KB = 1024
+MODEL_CAPACITY = 768 * KB - 64     # sectors 5-7 less the record header
+UNSHARED_CAPACITY = 512 * KB - 64  # model slots A and B (sectors 6-7): sector 5 stays the checkpoints'
+PARAMS_CAPACITY = 160 * KB - 32    # checkpoint slots: sectors 3-4 and sector 5
+SMALL_PARAMS_CAPACITY = 32 * KB - 32  # beside a model in sector 5: sector 3 and sector 4
+
+
+@pytest.mark.parametrize("classes", [6, 12])  # over slots A and B; from the shared sector on
+def test_large_blob_replaces_the_model_in_place(dev, classes):
+    small, big = tiny_blob(), big_blob(classes)
+    assert dev.info()["model_slot_bytes"] == MODEL_CAPACITY
+    assert (len(big) > UNSHARED_CAPACITY) == (classes == 12) and len(big) > 256 * KB
     dev.load_model(small, progress=False)
     # beside the current model: the current one stays until the commit
     upload_raw(dev, Slot.MODEL, tiny_blob(1)[:100], size=len(tiny_blob(1)))
@@ -151,7 +161,9 @@ def test_large_blob_replaces_the_model_in_place(dev, caplog):
     dev.load_model(big, progress=False)
     dev.reset()
     assert dev.model.crc32 == binascii.crc32(big) and dev.model.input_shape == (128, 128, 3)
-    # a small model goes beside it; the big one is gone only once the small one commits
+    # nothing fits beside it: a small model's upload erases it at XFER_BEGIN too
+    upload_raw(dev, Slot.MODEL, small[:100], size=len(small))
+    assert model_crc(dev) == 0
     dev.load_model(small, progress=False)
     dev.reset()
     assert dev.model.crc32 == binascii.crc32(small)
@@ -215,6 +227,72 @@ def test_save_alternates_slots_and_counts_generations(dev):
         assert dev.save() == generation
     dev.reset()
     assert dev.model.step == 4
+
+
+def test_zoo_model_checkpoint_survives_a_restart(tmp_path):
+    """mbv2-w0.35 with the paper's 49kb scheme: a ~380 KB blob over model slots A and B, ~37 KB of
+    trained parameters in the 160 KB checkpoint slots, restored by a new sim on the same flash."""
+    model = tb.compile("mbv2-w0.35", num_classes=2, update="49kb")
+    blob = model.to_bytes()
+    assert 256 * KB < len(blob) <= UNSHARED_CAPACITY and SMALL_PARAMS_CAPACITY < model.memory.params
+    images = np.random.default_rng(0).integers(0, 256, (2,) + model.input_shape, dtype=np.uint8)
+    flash = tmp_path / "flash.img"
+    with tb.connect("sim", flash=flash) as dev:
+        dev.load_model(blob, progress=False)
+        assert dev.info()["params_slot_bytes"] == PARAMS_CAPACITY
+        for img, label in zip(images, (0, 1)):
+            dev.train_step(img, label)
+        assert dev.save() == 1
+        saved = dev.read_params()
+        assert len(saved) == model.memory.params
+        scores = dev.infer(images[0]).scores
+    with tb.connect("sim", flash=flash) as dev:
+        assert dev.model.crc32 == binascii.crc32(blob) and dev.model.step == 2
+        assert dev.read_params() == saved
+        assert np.array_equal(dev.infer(images[0]).scores, scores)
+
+
+def test_a_model_in_the_shared_sector_leaves_smaller_checkpoint_slots(tmp_path):
+    """A blob over 512 KB starts in sector 5, the second checkpoint slot: while it is the model,
+    checkpoints go to sectors 3 and 4 (32 KB - 32 at most), and still survive a restart."""
+    big = big_blob(12)
+    images = np.random.default_rng(1).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    flash = tmp_path / "flash.img"
+    with tb.connect("sim", flash=flash) as dev:
+        assert dev.info()["params_slot_bytes"] == PARAMS_CAPACITY
+        dev.load_model(big, progress=False)
+        assert dev.info()["params_slot_bytes"] == SMALL_PARAMS_CAPACITY
+        for generation, (img, label) in enumerate(zip(images, (3, 7)), start=1):
+            dev.train_step(img, label)
+            assert dev.save() == generation  # both small slots
+        saved = dev.read_params()
+    with tb.connect("sim", flash=flash) as dev:
+        assert dev.model.crc32 == binascii.crc32(big) and dev.model.step == 2
+        assert dev.read_params() == saved and dev.info()["params_slot_bytes"] == SMALL_PARAMS_CAPACITY
+        # a smaller model gives sector 5 back to the checkpoints
+        dev.load_model(tiny_blob(), progress=False)
+        assert dev.info()["params_slot_bytes"] == PARAMS_CAPACITY
+        train(dev, 1)
+        assert dev.save() >= 1
+        dev.reset()
+        assert dev.model.step == 1
+
+
+def test_save_beyond_the_small_checkpoint_slots_is_too_large():
+    """mcunet-5fps (~610 KB, from sector 5 on) with the 74kb scheme: ~48 KB of parameters do not
+    fit the 32 KB checkpoint slot left beside it; SAVE says so and the device keeps serving."""
+    model = tb.compile("mcunet-5fps", num_classes=2, update="74kb")
+    assert len(model.to_bytes()) > UNSHARED_CAPACITY and model.memory.params > SMALL_PARAMS_CAPACITY
+    with tb.connect("sim") as dev:
+        dev.load_model(model, progress=False)
+        with pytest.raises(tb.DeviceError) as e:
+            dev.save()
+        assert e.value.name == "TOO_LARGE"
+        assert ("%d bytes of parameters exceed the %d-byte checkpoint slot beside a model over %d bytes"
+                % (model.memory.params, SMALL_PARAMS_CAPACITY, UNSHARED_CAPACITY)) in str(e.value)
+        with pytest.raises(tb.DeviceError, match="TOO_LARGE"):
+            dev.client.upload(Slot.PARAMS, dev.read_params())
+        assert dev.info()["model_crc32"] == binascii.crc32(model.to_bytes())
 
 
 def test_store_power_loss(tmp_path):

@@ -17,20 +17,19 @@
 
 host_board host;
 
-/* The STM32F746's flash: sectors 0-3 of 32 KB, 4 of 128 KB, 5-7 of 256 KB. Firmware in sectors 0-1
- * (unused here), a checkpoint slot in each of sectors 2 and 3, the model in sectors 4-7 with slot A
- * = sectors 4-5 (384 KB) and slot B = sectors 6-7 (512 KB). */
-static const uint32_t sector_start[] = {0x00000, 0x08000, 0x10000, 0x18000, 0x20000,
-                                        0x40000, 0x80000, 0xC0000, HOST_FLASH_BYTES};
+/* The STM32F746's flash (sectors 0-3 of 32 KB, 4 of 128 KB, 5-7 of 256 KB) in the 1 MB flash file.
+ * The firmware's sectors 0-2 stay unused here; the storage flash is sectors 3-7, as on the boards:
+ * checkpoints in 3 and 4, the shared sector 5, model slots A and B in 6 and 7. */
+#define STORAGE_OFFSET 0x18000u
+#define STORAGE_BYTES (HOST_FLASH_BYTES - STORAGE_OFFSET)
+static const uint32_t sector_start[] = {0x00000, 0x08000, 0x28000, 0x68000, 0xA8000, STORAGE_BYTES};
 
 static const tb_board board = {
     .name = "sim",
     .counter_unit = TB_COUNTER_NANOSECONDS,
     .window = 4,
-    .flash_size = HOST_FLASH_BYTES,
-    .model_area = {0x20000, 0xE0000},
-    .model_split = 0x60000,
-    .params = {{0x10000, 0x8000}, {0x18000, 0x8000}},
+    .sector_count = 5,
+    .sector_start = sector_start,
 };
 
 const tb_board *tb_port_board(void) { return &board; }
@@ -100,26 +99,28 @@ void tb_port_write(const uint8_t *data, size_t len)
 
 /* ---------------- flash ---------------- */
 
-const uint8_t *tb_port_flash(void) { return host.flash; }
+const uint8_t *tb_port_flash(void) { return host.flash + STORAGE_OFFSET; }
 
 int tb_port_flash_erase(uint32_t offset, uint32_t len)
 {
-    if (offset >= HOST_FLASH_BYTES || len > HOST_FLASH_BYTES - offset)
+    if (offset >= STORAGE_BYTES || len > STORAGE_BYTES - offset)
         return -1;
-    for (size_t s = 0; sector_start[s] < HOST_FLASH_BYTES; s++)
+    uint8_t *storage = host.flash + STORAGE_OFFSET;
+    for (int s = 0; s < board.sector_count; s++)
         if (sector_start[s + 1] > offset && sector_start[s] < offset + len)
-            memset(host.flash + sector_start[s], 0xFF, sector_start[s + 1] - sector_start[s]);
+            memset(storage + sector_start[s], 0xFF, sector_start[s + 1] - sector_start[s]);
     return 0;
 }
 
 int tb_port_flash_program(uint32_t offset, const uint8_t *data, uint32_t len)
 {
-    if (offset > HOST_FLASH_BYTES || len > HOST_FLASH_BYTES - offset)
+    if (offset > STORAGE_BYTES || len > STORAGE_BYTES - offset)
         return -1;
+    uint8_t *dst = host.flash + STORAGE_OFFSET + offset;
     int ok = 1;
     for (uint32_t i = 0; i < len; i++) {
-        host.flash[offset + i] &= data[i]; /* NOR: programming only clears bits */
-        ok &= host.flash[offset + i] == data[i];
+        dst[i] &= data[i]; /* NOR: programming only clears bits */
+        ok &= dst[i] == data[i];
     }
     return ok ? 0 : -1;
 }

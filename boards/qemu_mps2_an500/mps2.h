@@ -44,18 +44,17 @@
 /* ---- memory layout (docs/firmware.md, "Flash layout") ----
  * The 1 MB "flash" is the F746-sized window at the bottom of QEMU's SSRAM1 (RAM to QEMU), with
  * the F746's sector map: sectors 0-3 of 32 KB, 4 of 128 KB, 5-7 of 256 KB. The firmware image
- * owns sectors 0-1, the storage flash (tb_port_flash()) is sectors 2-7. */
+ * owns sectors 0-2, the storage flash (tb_port_flash()) is sectors 3-7. */
 #define QEMU_FLASH_BASE 0x00000000u
 #define QEMU_FLASH_BYTES 0x00100000u
-#define QEMU_STORAGE_BASE 0x00010000u  /* sector 2 */
-#define QEMU_STORAGE_BYTES 0x000F0000u
-/* Storage layout, offsets into the storage flash: the same slots as the sim (boards/host). */
-#define QEMU_PARAMS0_OFFSET 0x00000000u /* sector 2 */
-#define QEMU_PARAMS1_OFFSET 0x00008000u /* sector 3 */
-#define QEMU_PARAMS_BYTES 0x00008000u
-#define QEMU_MODEL_OFFSET 0x00010000u   /* sectors 4-7: slot A = 4-5, slot B = 6-7 */
-#define QEMU_MODEL_BYTES 0x000E0000u
-#define QEMU_MODEL_SPLIT 0x00060000u
+#define QEMU_STORAGE_BASE 0x00018000u  /* sector 3 */
+#define QEMU_STORAGE_BYTES 0x000E8000u
+/* The storage sectors' starts, offsets into the storage flash (sector 3 starts at 0); the store
+ * (device/store.h) puts checkpoints in sectors 3-4, shares sector 5, model slots A, B in 6, 7. */
+#define QEMU_SECTOR4_OFFSET 0x00008000u
+#define QEMU_SECTOR5_OFFSET 0x00028000u
+#define QEMU_SECTOR6_OFFSET 0x00068000u
+#define QEMU_SECTOR7_OFFSET 0x000A8000u
 /* QEMU only, outside the F746's map: the build-time preload image (a model baked into the
  * firmware ELF, copied into the storage flash when QEMU powers on) ... */
 #define QEMU_PRELOAD_BASE 0x00100000u

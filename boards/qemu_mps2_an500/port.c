@@ -31,14 +31,16 @@
 #define COUNTER_RELOAD 0xFFFFFFFFu
 #endif
 
+/* The F746's sectors 3-7, as offsets into the storage flash. */
+static const uint32_t sector_start[] = {0, QEMU_SECTOR4_OFFSET, QEMU_SECTOR5_OFFSET, QEMU_SECTOR6_OFFSET,
+                                        QEMU_SECTOR7_OFFSET, QEMU_STORAGE_BYTES};
+
 static const tb_board board = {
     .name = "qemu-mps2-an500",
     .counter_unit = TB_COUNTER_INSTRUCTIONS,
     .window = WINDOW,
-    .flash_size = QEMU_STORAGE_BYTES,
-    .model_area = {QEMU_MODEL_OFFSET, QEMU_MODEL_BYTES},
-    .model_split = QEMU_MODEL_SPLIT,
-    .params = {{QEMU_PARAMS0_OFFSET, QEMU_PARAMS_BYTES}, {QEMU_PARAMS1_OFFSET, QEMU_PARAMS_BYTES}},
+    .sector_count = 5,
+    .sector_start = sector_start,
 };
 
 const tb_board *tb_port_board(void) { return &board; }
@@ -190,16 +192,13 @@ static void counter_resume(void) { TIMER0_CTRL = TIMER_CTRL_EN | TIMER_CTRL_IRQE
 
 #define STORAGE ((uint8_t *)QEMU_STORAGE_BASE)
 
-/* The F746's sectors 2-7, as offsets into the storage flash. */
-static const uint32_t sector_start[] = {0x00000, 0x08000, 0x10000, 0x30000, 0x70000, 0xB0000, QEMU_STORAGE_BYTES};
-
 const uint8_t *tb_port_flash(void) { return STORAGE; }
 
 int tb_port_flash_erase(uint32_t offset, uint32_t len)
 {
     if (offset >= QEMU_STORAGE_BYTES || len > QEMU_STORAGE_BYTES - offset)
         return -1;
-    for (size_t s = 0; sector_start[s] < QEMU_STORAGE_BYTES; s++)
+    for (int s = 0; s < board.sector_count; s++)
         if (sector_start[s + 1] > offset && sector_start[s] < offset + len)
             memset(STORAGE + sector_start[s], 0xFF, sector_start[s + 1] - sector_start[s]);
     return 0;

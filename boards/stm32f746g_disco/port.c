@@ -7,7 +7,7 @@
  * handler and the vector table run from RAM so that a busy flash (programming) does not delay them.
  * Transmit polls TXE.
  * Counter: the DWT cycle counter, extended to 64 bits by a 20 Hz SysTick (it wraps every 19.9 s).
- * Flash: sectors 2-7 of the internal flash (link.ld), the same layout as the sim and the qemu board.
+ * Flash: sectors 3-7 of the internal flash (link.ld), the same layout as the sim and the qemu board.
  * Entropy: the RNG. Reset: SYSRESETREQ. */
 #include <string.h>
 
@@ -26,17 +26,18 @@ static uint32_t sysclk_hz = HSI_HZ, pclk2_hz = HSI_HZ;
 #define MAX_WIRE_FRAME (TB_MAX_BODY + TB_MAX_BODY / 254 + 2)
 #define RX_RING_BYTES (WINDOW * MAX_WIRE_FRAME + 256)
 
-#define STORAGE_BASE 0x08010000u
-#define STORAGE_BYTES 0x000F0000u
+/* The storage flash: sectors 3-7 (sector 3 of 32 KB, 4 of 128 KB, 5-7 of 256 KB) */
+#define STORAGE_BASE 0x08018000u
+#define STORAGE_BYTES 0x000E8000u
+#define STORAGE_FIRST_SECTOR 3u
+static const uint32_t sector_start[] = {0x00000, 0x08000, 0x28000, 0x68000, 0xA8000, STORAGE_BYTES};
 
 static const tb_board board = {
     .name = "stm32f746g-disco",
     .counter_unit = TB_COUNTER_CYCLES,
     .window = WINDOW,
-    .flash_size = STORAGE_BYTES,
-    .model_area = {0x10000, 0xE0000},
-    .model_split = 0x60000,
-    .params = {{0x00000, 0x8000}, {0x08000, 0x8000}},
+    .sector_count = 5,
+    .sector_start = sector_start,
 };
 
 const tb_board *tb_port_board(void) { return &board; }
@@ -261,9 +262,6 @@ static void counter_init(void)
 
 /* ---------------- flash ---------------- */
 
-/* Sectors 2-7 as offsets into the storage flash; sector numbers are these + 2. */
-static const uint32_t sector_start[] = {0x00000, 0x08000, 0x10000, 0x30000, 0x70000, 0xB0000, STORAGE_BYTES};
-
 const uint8_t *tb_port_flash(void) { return (const uint8_t *)STORAGE_BASE; }
 
 static void flash_unlock(void)
@@ -289,10 +287,10 @@ int tb_port_flash_erase(uint32_t offset, uint32_t len)
         return -1;
     int rc = 0;
     flash_unlock();
-    for (uint32_t s = 0; sector_start[s] < STORAGE_BYTES && rc == 0; s++) {
+    for (uint32_t s = 0; s < board.sector_count && rc == 0; s++) {
         if (!(sector_start[s + 1] > offset && sector_start[s] < offset + len))
             continue;
-        FLASH_CR = FLASH_CR_SER | FLASH_CR_SNB(s + 2) | FLASH_CR_PSIZE_X32;
+        FLASH_CR = FLASH_CR_SER | FLASH_CR_SNB(STORAGE_FIRST_SECTOR + s) | FLASH_CR_PSIZE_X32;
         FLASH_CR |= FLASH_CR_STRT;
         rc = flash_wait();
         dcache_invalidate(STORAGE_BASE + sector_start[s], sector_start[s + 1] - sector_start[s]);

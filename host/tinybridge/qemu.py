@@ -63,14 +63,25 @@ def require_qemu():
 
 def layout():
     """The board's memory layout constants (QEMU_* in boards/qemu_mps2_an500/mps2.h), without the
-    prefix: STORAGE_BASE, MODEL_OFFSET, PRELOAD_BASE, SEED_ADDR, ..."""
+    prefix: STORAGE_BASE, STORAGE_BYTES, SECTOR5_OFFSET, PRELOAD_BASE, SEED_ADDR, ..."""
     with open(BOARD_HEADER) as f:
         found = re.findall(r"^#define QEMU_(\w+) (0x[0-9A-Fa-f]+)u", f.read(), re.M)
     return {name: int(value, 16) for name, value in found}
 
 
+def model_offset(blob_size):
+    """Where device/store.c puts a blob of `blob_size` bytes into an empty storage flash: model slot A
+    (sector 6) if it fits sectors 6-7, else slot L from the shared sector 5 on."""
+    lay = layout()
+    for key in ("SECTOR6_OFFSET", "SECTOR5_OFFSET"):
+        if MODEL_HEADER_BYTES + blob_size <= lay["STORAGE_BYTES"] - lay[key]:
+            return lay[key]
+    raise TinyBridgeError("the model blob (%d bytes) does not fit the storage flash (at most %d bytes)"
+                          % (blob_size, lay["STORAGE_BYTES"] - lay["SECTOR5_OFFSET"] - MODEL_HEADER_BYTES))
+
+
 def model_record(blob, seq=1):
-    """A committed model as device/store.c writes it into model slot A: the 64-byte record header
+    """A committed model as device/store.c writes it into a model slot: the 64-byte record header
     (magic, seq, size, crc, crc of those 16 bytes, the rest erased) followed by the blob."""
     blob = bytes(blob)
     head = struct.pack("<IIII", MODEL_MAGIC, seq, len(blob), binascii.crc32(blob))
@@ -136,12 +147,8 @@ def build_firmware(out=None, *, model=None, defines=(), build_dir=None):
     if model is None:
         out = out or os.path.join(build_dir, "firmware%s.elf" % variant)
     else:
-        lay = layout()
         blob = _blob_bytes(model)
-        if MODEL_HEADER_BYTES + len(blob) > lay["MODEL_BYTES"]:
-            raise TinyBridgeError("the model blob (%d bytes) does not fit the model area (%d bytes)"
-                                  % (len(blob), lay["MODEL_BYTES"] - MODEL_HEADER_BYTES))
-        image = preload_image([(lay["MODEL_OFFSET"], model_record(blob))])
+        image = preload_image([(model_offset(len(blob)), model_record(blob))])
         key = hashlib.sha256(image).hexdigest()[:16]
         out = out or os.path.join(build_dir, "firmware%s-%s.elf" % (variant, key))
         os.makedirs(build_dir, exist_ok=True)
