@@ -109,6 +109,13 @@ def test_firmware_fits_the_f746_budgets(firmware):
 TB_ARENA_BYTES = 256 * 1024
 
 
+def test_firmware_has_every_dsp_kernel_path(firmware):
+    """The backward kernels' DSP paths are linked in (their matrix core, tb_dsp_grad.c, is only
+    compiled with the DSP paths and only kept by --gc-sections when a kernel calls it)."""
+    symbols = subprocess.run(["arm-none-eabi-nm", firmware], capture_output=True, text=True, check=True).stdout.split()
+    assert {"tb_acc_run", "tb_dsp_acc_trio", "tb_dsp_gemm_run", "tb_dsp_expand_quads"} <= set(symbols)
+
+
 @pytest.mark.parametrize("what, code, message", [
     ("ram", "char big[310 * 1024];", "exceed the 320 KB SRAM"),
     ("flash", "const char big[100 * 1024] = {1};", "FLASH_FW"),

@@ -124,12 +124,6 @@ def firmware_sources():
     return sources, kernel_includes + [device]
 
 
-# The backward kernels' DSP paths (8 KB of code) do not fit the F746's 64 KB firmware sectors next to
-# the forward ones; until the flash layout grows (docs/firmware.md), the firmware runs the backward
-# kernels' plain-C paths (the same results, slower).
-FIRMWARE_DEFINES = ("TB_NO_DSP_GRAD",)
-
-
 def build_firmware(out=None, *, model=None, defines=(), build_dir=None):
     """Builds the firmware ELF (cached: rebuilt when a source, header, the link script or the build
     code changes) and returns its path. `model` (bytes, a path or a Model): the ELF also carries the
@@ -140,10 +134,8 @@ def build_firmware(out=None, *, model=None, defines=(), build_dir=None):
                               "$TINYBRIDGE_QEMU_ELF to a prebuilt firmware.elf" % LINKER_SCRIPT)
     build_dir = build_dir or BUILD_DIR
     sources, includes = firmware_sources()
-    defines = FIRMWARE_DEFINES + tuple(defines)
-    variant = ""
-    if defines != FIRMWARE_DEFINES:
-        variant = "-" + hashlib.sha256(" ".join(defines).encode()).hexdigest()[:8]
+    defines = tuple(defines)
+    variant = "-" + hashlib.sha256(" ".join(defines).encode()).hexdigest()[:8] if defines else ""
     if model is None:
         out = out or os.path.join(build_dir, "firmware%s.elf" % variant)
     else:

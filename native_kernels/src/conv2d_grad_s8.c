@@ -5,7 +5,7 @@
 #include "tb_checks.h"
 #include "tb_dsp_grad.h"
 
-#if TB_DSP_GRAD
+#if TB_DSP
 /* Both gradients are matrix products over the window columns t = (ky kw + kx) n + j (OHWI order;
  * n = the trained channels for the weight gradient, all for the input gradient), run by the trio
  * core (tb_dsp_grad.h) in column blocks of TB_ACC_NB:
@@ -147,7 +147,7 @@ tb_status tb_conv2d_weight_grad_s8(const tb_conv_params *p, tb_shape in, const i
         p->input_offset < -128 || p->input_offset > 128 || c_begin < 0 || c_begin >= c_end ||
         c_end > out.c || !tb_channels_ok(sel, n_sel, in.c))
         return TB_ERR_ARG;
-#if TB_DSP_GRAD
+#if TB_DSP
     if (p->input_offset > -128) { /* padding is the byte -input_offset */
         weight_grad_dsp(p, in, x, out, g, sel, n_sel, c_begin, c_end, grad_w);
         return TB_OK;
@@ -183,7 +183,7 @@ tb_status tb_conv2d_input_grad_s8(const tb_conv_params *p, tb_shape in, tb_shape
 {
     if (!tb_conv_geometry_ok(p, in, out) || p->kernel_h * p->kernel_w * out.c > TB_GRAD_MAX_FAN_OUT)
         return TB_ERR_ARG;
-#if TB_DSP_GRAD
+#if TB_DSP
     input_grad_dsp(p, in, out, h, w, acc);
     return TB_OK;
 #endif

@@ -5,7 +5,7 @@
 #include "tb_dsp.h"
 #include "tb_dsp_grad.h"
 
-#if TB_DSP_GRAD
+#if TB_DSP
 /* DSP paths (docs/kernels.md, "Optimized kernels"): four adjacent channels at a time, each int8
  * word of four channels split by SXTB16 into [c0, c2] and [c1, c3] halfword pairs (SXTAB16 adds
  * the input offset), and SMLABB / SMLATT accumulate the four channels' products separately: four
@@ -346,7 +346,7 @@ tb_status tb_depthwise_weight_grad_s8(const tb_conv_params *p, tb_shape in, cons
     if (!tb_conv_geometry_ok(p, in, out) || in.c != out.c || out.h * out.w > TB_GRAD_MAX_POSITIONS ||
         p->input_offset < -128 || p->input_offset > 128 || !tb_channels_ok(sel, n_sel, in.c))
         return TB_ERR_ARG;
-#if TB_DSP_GRAD
+#if TB_DSP
     uint32_t done[TB_DWG_MAX_SEL / 32];
     if (dw_weight_grad_dsp(p, in, x, out, g, sel, n_sel, grad_w, done) == n_sel) return TB_OK;
 #endif
@@ -356,7 +356,7 @@ tb_status tb_depthwise_weight_grad_s8(const tb_conv_params *p, tb_shape in, cons
     for (int32_t ky = 0; ky < p->kernel_h; ky++) {
         for (int32_t kx = 0; kx < p->kernel_w; kx++) {
             for (int32_t j = 0; j < n_sel; j++) {
-#if TB_DSP_GRAD
+#if TB_DSP
                 if (j < TB_DWG_MAX_SEL && (done[j >> 5] >> (j & 31)) & 1u) {
                     gw++;
                     continue;
@@ -389,7 +389,7 @@ tb_status tb_depthwise_input_grad_s8(const tb_conv_params *p, tb_shape in, tb_sh
         return TB_ERR_ARG;
     /* the plain-C path: the readable reference (on the DSP build, for the channels left) */
     const int32_t ch = in.c;
-#if TB_DSP_GRAD
+#if TB_DSP
     const int32_t c0 = dw_input_grad_dsp(p, in, out, h, w, acc); /* zeroes acc */
     if (c0 == ch) return TB_OK;
 #else

@@ -4,7 +4,7 @@
 #include "tb_grad.h"
 #include "tb_dsp_grad.h"
 
-#if TB_DSP_GRAD
+#if TB_DSP
 /* ---- weight gradient: gw[c][j] = sum_p g[p][c] (x[p][sel j] + offset), the trio core
  * (tb_dsp_grad.h) with rows = output channels, columns = selected input channels, reduction =
  * positions in pairs (p, p + 1), blocks of 2 TB_ACC_MAXQ positions. */
@@ -309,7 +309,7 @@ tb_status tb_pointwise_weight_grad_s8(int32_t n_pos, int32_t in_c, const int8_t 
         input_offset < -128 || input_offset > 128 || c_begin < 0 || c_begin >= c_end ||
         c_end > out_c || !tb_channels_ok(sel, n_sel, in_c))
         return TB_ERR_ARG;
-#if TB_DSP_GRAD
+#if TB_DSP
     if (n_pos == 1)
         fc_weight_grad_dsp(x, input_offset, g, sel, n_sel, c_begin, c_end, grad_w);
     else
@@ -342,7 +342,7 @@ tb_status tb_pointwise_input_grad_s8(int32_t n_pos, int32_t in_c, int32_t out_c,
                                      void *scratch)
 {
     if (n_pos <= 0 || in_c <= 0 || out_c <= 0 || out_c > TB_GRAD_MAX_FAN_OUT) return TB_ERR_ARG;
-#if TB_DSP_GRAD
+#if TB_DSP
     /* one position: the expanded h, (out_c + 3) / 4 * 2 words, must fit the scratch */
     if (scratch && (n_pos > 1 || (out_c + 3) / 4 * 2 <=
                                      (tb_pointwise_input_grad_s8_scratch_bytes(out_c) - 16) / 4)) {

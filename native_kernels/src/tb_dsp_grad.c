@@ -1,10 +1,10 @@
 /* The int32-accumulating matrix core of the backward kernels (tb_dsp_grad.h). Only built with
- * TB_DSP_GRAD. The inner loop is assembly for the reasons given in tb_dsp_gemm.c (fourteen live values,
+ * TB_DSP. The inner loop is assembly for the reasons given in tb_dsp_gemm.c (fourteen live values,
  * LDM/LDRD operand loads); it transcribes the outline in the comment above it and is checked bit
  * for bit against the plain-C kernels (bench/kernels, tests/test_target_qemu.py). */
 #include "tb_dsp_grad.h"
 
-#if TB_DSP_GRAD
+#if TB_DSP
 #include <string.h>
 
 /* ---------------------------------------------------------------- trio: 3 rows x 2 columns

@@ -23,15 +23,6 @@
 
 #include "tb_dsp.h"
 
-/* TB_DSP_GRAD: the backward kernels' DSP paths (about 9 KB of code) are built, unless
- * TB_NO_DSP_GRAD is defined (a build that must stay small keeps the forward DSP paths only; the
- * backward kernels then run their plain-C paths, with the same results). */
-#if TB_DSP && !defined(TB_NO_DSP_GRAD)
-#define TB_DSP_GRAD 1
-#else
-#define TB_DSP_GRAD 0
-#endif
-
 #define TB_ACC_MAXQ 24 /* pair steps per run: 48 terms of the reduction */
 #define TB_ACC_NB 32   /* columns per stream block (16 duos) */
 
@@ -47,7 +38,7 @@ static inline int32_t tb_acc_nq(int32_t k)
 static inline int32_t tb_acc_trio_words(int32_t nq) { return 3 * nq; }
 static inline int32_t tb_acc_stream_words(int32_t nq) { return TB_ACC_NB * nq; }
 
-#if TB_DSP_GRAD
+#if TB_DSP
 typedef struct {
     int32_t *y0, *y1, *y2;  /* rows 0-2: the first duo's two int32 outputs (y += 2 per duo) */
     const int32_t *xs;      /* per pair step q: xs[3q + r] = row r's pair */
