@@ -5,6 +5,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
 
+from sim_helpers import BOARDS, require_arm_tools  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SANITIZED_SIM = os.path.join(ROOT, "build", "sim-asan", "tinybridge-sim")
 
@@ -23,3 +25,11 @@ def sanitized_sim():
         del os.environ["TINYBRIDGE_SIM"]
     else:
         os.environ["TINYBRIDGE_SIM"] = previous
+
+
+@pytest.fixture(params=sorted(BOARDS))
+def device_url(request):
+    """The runtime's end-to-end tests run alike on the sim and on the firmware under QEMU."""
+    if request.param == "qemu":
+        require_arm_tools()
+    return request.param

@@ -1,16 +1,21 @@
 """Shared pieces of the device tests: model blobs, a TCP-served sim, raw frame exchange."""
 import functools
 import re
+import shutil
 import struct
 import subprocess
 
 import numpy as np
+import pytest
 
-from tinybridge import graph, transport
+from tinybridge import armbuild, graph, qemu, transport
 from tinybridge.model import Model
 from tinybridge.protocol import Command, Kind, encode_frame
 
 import tiny_model
+
+# What each device of the end-to-end tests says about itself in HELLO: board name, counter unit.
+BOARDS = {"sim": ("sim", "ns"), "qemu": ("qemu-mps2-an500", "instructions")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,3 +88,11 @@ def upload_raw(dev, slot, data, size=None, crc=None):
     for offset in range(0, len(data), step):
         dev.client.request(Command.XFER_DATA, struct.pack("<BI", slot, offset) + data[offset:offset + step])
     return begin
+
+
+def require_arm_tools():
+    """The ARM toolchain and QEMU are test dependencies (CI installs them): missing is a failure."""
+    missing = [t for t in (armbuild.CC, qemu.QEMU) if shutil.which(t) is None]
+    if missing:
+        pytest.fail("%s not found: install Debian's qemu-system-arm, gcc-arm-none-eabi and "
+                    "libnewlib-arm-none-eabi (CI does)" % ", ".join(missing))

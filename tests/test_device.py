@@ -1,4 +1,5 @@
-"""The Device API on the sim (input checks, evaluate, read_model, stats) and the `tinybridge` CLI."""
+"""The Device API on the sim and on QEMU (input checks, evaluate, read_model, stats) and the
+`tinybridge` CLI."""
 import re
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from sim_helpers import faces, tiny_blob
 
 
 @pytest.fixture
-def dev():
-    with tb.connect("sim") as d:
+def dev(device_url):
+    with tb.connect(device_url) as d:
         d.load_model(tiny_blob(), progress=False)
         yield d
 
@@ -38,8 +39,8 @@ def test_label_and_lr_checks_before_sending(dev):
     assert dev.stats()["steps"] == 0
 
 
-def test_no_model_is_an_error():
-    with tb.connect("sim") as d:
+def test_no_model_is_an_error(device_url):
+    with tb.connect(device_url) as d:
         with pytest.raises(tb.TinyBridgeError, match="no model"):
             d.infer(np.zeros((32, 32), np.uint8))
 

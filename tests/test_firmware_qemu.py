@@ -22,22 +22,17 @@ from tinybridge.device import Device
 from tinybridge.model import Model
 from tinybridge.protocol import Command, FrameReader, Kind, encode_frame
 
+from sim_helpers import require_arm_tools
+
 ROOT = qemu.ROOT
 PIO_CORE = os.path.join(ROOT, "build", "pio-core")  # the tests' own PlatformIO core dir
 SEED_SCRIPT = os.path.join(ROOT, "scripts", "seed-tool-scons.sh")
 HELLO = struct.Struct("<BBHBBHIIIIIII")
 
 
-def _require(*tools):
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail("%s not found: install Debian's qemu-system-arm, gcc-arm-none-eabi and "
-                    "libnewlib-arm-none-eabi (CI does)" % ", ".join(missing))
-
-
 @pytest.fixture(scope="module")
 def firmware():
-    _require(armbuild.CC, qemu.QEMU)
+    require_arm_tools()
     return qemu.build_firmware()
 
 
@@ -121,7 +116,7 @@ def test_firmware_has_every_dsp_kernel_path(firmware):
     ("flash", "const char big[100 * 1024] = {1};", "FLASH_FW"),
 ])
 def test_the_link_fails_over_budget(tmp_path, what, code, message):
-    _require(armbuild.CC)
+    require_arm_tools()
     src = tmp_path / ("%s.c" % what)
     src.write_text(code + "\nint main(void) { return ((const volatile char *)big)[1000]; }\n")
     with pytest.raises(Exception) as e:
@@ -145,7 +140,7 @@ def _offline(cmd):
 
 def test_platformio_builds_the_firmware_offline():
     """qemu_m7 and disco_f746ng (the real board's build, never run here) within the F746's budgets."""
-    _require(armbuild.CC, qemu.QEMU)
+    require_arm_tools()
     try:
         import platformio  # noqa: F401
     except ImportError:
@@ -244,7 +239,7 @@ def test_transfer_infer_train_match_the_sim(firmware, blob):
 
 
 def test_a_model_baked_into_the_flash_image(blob):
-    _require(armbuild.CC, qemu.QEMU)
+    require_arm_tools()
     elf = qemu.build_firmware(model=blob)
     assert qemu.firmware_size(elf)["preload"] >= len(blob)
     with Device(qemu.open_transport(elf=elf)) as dev:
@@ -278,7 +273,7 @@ def test_a_large_zoo_model_baked_in_from_sector_5():
 def test_the_counter_is_64_bit_across_timer_wraps(blob):
     """A timer that wraps every 65536 ticks (2.6 M instructions, less than two inferences): the same
     inference still costs the same."""
-    _require(armbuild.CC, qemu.QEMU)
+    require_arm_tools()
     img = _images(1)[0]
     with Device(qemu.open_transport(model=blob, defines=["COUNTER_RELOAD=0xFFFFu"])) as dev:
         counts = []
@@ -292,7 +287,7 @@ def test_the_counter_is_64_bit_across_timer_wraps(blob):
 def test_a_full_receive_ring_holds_the_host_back(blob):
     """A 64-byte ring under 2 KB frames, window 4: the receive interrupt stops, QEMU holds the
     host's bytes back, nothing is lost."""
-    _require(armbuild.CC, qemu.QEMU)
+    require_arm_tools()
     with Device(qemu.open_transport(defines=["RX_RING_BYTES=64"]), timeout=10) as dev:
         dev.load_model(blob, progress=False)
         assert dev.info()["model_crc32"] == binascii.crc32(blob)

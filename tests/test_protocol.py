@@ -1,5 +1,5 @@
-"""Wire protocol: the frame codec (Python, and Python against the C runtime through the sim),
-HELLO/STATS, errors, idempotent retries, log frames, reset and timeouts."""
+"""Wire protocol: the frame codec (Python, and Python against the C runtime), HELLO/STATS, errors,
+idempotent retries, log frames, reset and timeouts; on the sim and on the firmware under QEMU."""
 import binascii
 import logging
 import os
@@ -12,12 +12,12 @@ import tinybridge as tb
 from tinybridge.protocol import (MAX_PAYLOAD, Command, FrameReader, Kind, Slot, cobs_decode, cobs_encode,
                                  decode_frame, encode_frame)
 
-from sim_helpers import faces, raw_exchange, tiny_blob
+from sim_helpers import BOARDS, faces, raw_exchange, tiny_blob
 
 
 @pytest.fixture
-def dev():
-    with tb.connect("sim") as d:
+def dev(device_url):
+    with tb.connect(device_url) as d:
         yield d
 
 
@@ -103,11 +103,10 @@ def test_c_encoder_agrees_with_python_decoder(trained_dev):
     assert dev.read_blob() == blob
 
 
-def test_hello_and_stats(dev):
+def test_hello_and_stats(dev, device_url):
     info = dev.info()
-    assert info["protocol_version"] == 1 and info["board"] == "sim"
+    assert info["protocol_version"] == 1 and (info["board"], info["counter_unit"]) == BOARDS[device_url]
     assert info["max_payload"] == MAX_PAYLOAD and info["window"] >= 1
-    assert info["counter_unit"] == "ns"
     assert info["arena_bytes"] == 256 * 1024
     assert info["model_slot_bytes"] == 768 * 1024 - 64  # sectors 5-7 (docs/protocol.md, "Flash")
     assert info["params_slot_bytes"] == 160 * 1024 - 32  # sectors 3-4 and 5: no model uses sector 5
@@ -190,17 +189,18 @@ def test_transport_errors_are_one_line(tmp_path, monkeypatch):
         tb.connect("sim")
 
 
-def test_sim_crash_is_a_transport_error(dev):
-    dev.transport.proc.kill()
-    with pytest.raises(tb.TransportError, match="exited"):
-        dev.info()
+def test_sim_crash_is_a_transport_error():
+    with tb.connect("sim") as dev:
+        dev.transport.proc.kill()
+        with pytest.raises(tb.TransportError, match="exited"):
+            dev.info()
 
 
-def test_set_baud_round_trip(dev):
+def test_set_baud_round_trip(dev, device_url):
     dev.set_baud(921600)
     with pytest.raises(tb.DeviceError, match="baud"):
         dev.set_baud(7)
-    assert dev.info()["board"] == "sim"
+    assert dev.info()["board"] == BOARDS[device_url][0]
 
 
 def test_seq_wraps_around(dev):
@@ -210,7 +210,7 @@ def test_seq_wraps_around(dev):
     assert dev.client._seq == 2
 
 
-def test_os_random_garbage_between_requests(dev):
+def test_os_random_garbage_between_requests(dev, device_url):
     dev.transport.write(os.urandom(3000).replace(b"\x00", b"\x01") + b"\x00")
-    assert dev.info()["board"] == "sim"
+    assert dev.info()["board"] == BOARDS[device_url][0]
     assert dev.stats()["bad_frames"] == 1

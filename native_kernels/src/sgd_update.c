@@ -3,6 +3,7 @@
  * rounding keeps that move unbiased when it is a fraction of one int step, where rounding to
  * nearest would drop it. float32 only, no contraction: identical on every target. */
 #include <float.h>
+#include <math.h>
 #include "tb_train.h"
 #include "tb_grad.h"
 
@@ -17,17 +18,18 @@ static uint32_t tb_xorshift32(uint32_t *state)
     return x;
 }
 
-/* floor(s) + 1 with probability s - floor(s), else floor(s), from one xorshift32 step. |s| is
- * clamped to limit first (a larger step saturates the parameter anyway); NaN gives 0. */
-static int64_t tb_stochastic_round(float s, float limit, uint32_t *rng)
+/* floor(s) + 1 with probability s - floor(s), else floor(s), as a float holding an integer. |s| is
+ * clamped to limit first (a larger step saturates the parameter anyway); NaN gives 0. In float:
+ * floorf is one instruction on the M7 (VRINTM), a float-to-int64 conversion a library call. A
+ * fraction implies |s| < 2^23, so floor(s) + 1 is exact. */
+static float tb_stochastic_round(float s, float limit, uint32_t *rng)
 {
     const float u = (float)(tb_xorshift32(rng) >> 8) * 0x1p-24f;  /* uniform in [0, 1), exact */
-    if (s != s) return 0;
+    if (s != s) return 0.0f;
     if (s > limit) s = limit;
     if (s < -limit) s = -limit;
-    int64_t t = (int64_t)s;                                        /* toward zero ... */
-    if ((float)t > s) t--;                                         /* ... then floor */
-    return u < s - (float)t ? t + 1 : t;                           /* s - floor(s) is exact */
+    const float floor_s = floorf(s);
+    return u < s - floor_s ? floor_s + 1.0f : floor_s;             /* s - floor(s) is exact */
 }
 
 /* The step direction: grad_scale * grad, through the velocity when there is one. */
@@ -55,7 +57,7 @@ static int tb_param_scale_ok(float s)
     return tb_finite(s) && s > 0.0f;
 }
 
-static int8_t tb_sat_s8(int64_t v)
+static int8_t tb_sat_s8(int32_t v)
 {
     return (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
 }
@@ -79,7 +81,7 @@ tb_status tb_sgd_update_ohwi_s8(int8_t *w, int32_t out_c, int32_t taps, int32_t 
                 const float step =
                     tb_sgd_direction(grad_w[i], grad_scale, momentum, velocity ? velocity + i : 0) * k;
                 /* |step| >= 256 saturates any int8 weight, so 256 loses nothing */
-                wt[sel[j]] = tb_sat_s8(wt[sel[j]] - tb_stochastic_round(step, 256.0f, rng));
+                wt[sel[j]] = tb_sat_s8(wt[sel[j]] - (int32_t)tb_stochastic_round(step, 256.0f, rng));
             }
         }
     }
@@ -103,7 +105,7 @@ tb_status tb_sgd_update_depthwise_s8(int8_t *w, int32_t taps, int32_t ch, const 
             const float step = tb_sgd_direction(grad_w[i], grad_scale, momentum,
                                                 velocity ? velocity + i : 0) *
                                (lr / param_scale[c]);
-            w[t * ch + c] = tb_sat_s8(w[t * ch + c] - tb_stochastic_round(step, 256.0f, rng));
+            w[t * ch + c] = tb_sat_s8(w[t * ch + c] - (int32_t)tb_stochastic_round(step, 256.0f, rng));
         }
     }
     return TB_OK;
@@ -121,7 +123,7 @@ tb_status tb_sgd_update_bias_s32(int32_t *b, int32_t n, const int32_t *grad_b, f
                                             velocity ? velocity + i : 0) *
                            (lr / param_scale[i]);
         /* |step| >= 2^33 saturates any int32 bias, so 2^33 loses nothing */
-        const int64_t v = (int64_t)b[i] - tb_stochastic_round(step, 8589934592.0f, rng);
+        const int64_t v = (int64_t)b[i] - (int64_t)tb_stochastic_round(step, 8589934592.0f, rng);
         b[i] = (int32_t)(v < -TB_TRAINED_BIAS_LIMIT ? -TB_TRAINED_BIAS_LIMIT
                                                     : (v > TB_TRAINED_BIAS_LIMIT ? TB_TRAINED_BIAS_LIMIT : v));
     }

@@ -1,4 +1,4 @@
-"""End to end on the `sim` device: a small int8 network learns faces vs non-faces from real images
+"""End to end on the `sim` device and on the firmware under QEMU: a small int8 network learns faces vs non-faces from real images
 (scikit-image's LFW subset) by on-device sparse training, and its parameters after every step of
 the run equal those of the same steps simulated on the host."""
 import numpy as np
@@ -10,14 +10,14 @@ from tinybridge import simulate
 EPOCHS = 2
 
 
-def test_sim_learns_faces_and_matches_the_host_simulation():
+def test_device_learns_faces_and_matches_the_host_simulation(device_url):
     images, labels = tiny_model.faces()
     train_x, train_y = images[:140], [int(v) for v in labels[:140]]
     test_x, test_y = images[140:], [int(v) for v in labels[140:]]
     model = tiny_model.sparse_model()
     sim = simulate.Simulator(model)
 
-    with tinybridge.connect("sim") as dev:
+    with tinybridge.connect(device_url) as dev:
         dev.load_model(model, progress=False)
         before = dev.evaluate(test_x, test_y)["accuracy"]
         losses = []
