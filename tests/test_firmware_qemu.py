@@ -251,7 +251,7 @@ def test_a_model_baked_into_the_flash_image(blob):
 def test_a_large_zoo_model_baked_in_from_sector_5():
     """mcunet-5fps (~610 KB: more than model slots A and B) preloaded from sector 5 on: it loads,
     infers and trains as on the sim, and its ~30 KB checkpoint fits the 32 KB slots left beside it."""
-    _require(armbuild.CC, qemu.QEMU)
+    require_arm_tools()
     import tinybridge
 
     model = tinybridge.compile("mcunet-5fps", num_classes=2, update="49kb")

@@ -1,5 +1,6 @@
 """Transfers: windowed upload, resume after a lost link, atomic commit (a bad upload keeps the
-previous model), the large-blob case, checkpoints (SAVE, restore, power-loss-safe slots)."""
+previous model), the large-blob case, checkpoints (SAVE, restore, power-loss-safe slots); on the
+sim and, where the blob is small, on QEMU."""
 import binascii
 import os
 import struct
@@ -18,7 +19,15 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 @pytest.fixture
-def dev():
+def dev(device_url):
+    """On the sim and on QEMU; tests of blobs over 256 KB use sim_dev (QEMU's UART moves ~20 KB/s:
+    tests/test_firmware_qemu.py bakes a large model into the firmware instead)."""
+    with tb.connect(device_url) as d:
+        yield d
+
+
+@pytest.fixture
+def sim_dev():
     with tb.connect("sim") as d:
         yield d
 
@@ -144,7 +153,8 @@ SMALL_PARAMS_CAPACITY = 32 * KB - 32  # beside a model in sector 5: sector 3 and
 
 
 @pytest.mark.parametrize("classes", [6, 12])  # over slots A and B; from the shared sector on
-def test_large_blob_replaces_the_model_in_place(dev, classes):
+def test_large_blob_replaces_the_model_in_place(sim_dev, classes):
+    dev = sim_dev
     small, big = tiny_blob(), big_blob(classes)
     assert dev.info()["model_slot_bytes"] == MODEL_CAPACITY
     assert (len(big) > UNSHARED_CAPACITY) == (classes == 12) and len(big) > 256 * KB
@@ -169,7 +179,8 @@ def test_large_blob_replaces_the_model_in_place(dev, classes):
     assert dev.model.crc32 == binascii.crc32(small)
 
 
-def test_failed_large_upload_leaves_no_model(dev):
+def test_failed_large_upload_leaves_no_model(sim_dev):
+    dev = sim_dev
     dev.load_model(big_blob(), progress=False)
     corrupt = bytearray(big_blob())
     corrupt[-1] ^= 1

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import struct
 import sys
@@ -302,7 +301,6 @@ def report(rows, before=None, before_rev=None):
         if r["kernel"] not in kernels:
             kernels.append(r["kernel"])
     agg, per_kernel = [], []
-    bcol = " %s/instr at %s |" % ("{unit}", before_rev) if before_rev else ""
     for k in kernels:
         kr = [r for r in rows if r["kernel"] == k]
         unit = kr[0]["unit"]
