@@ -40,7 +40,7 @@ demo)
     exec "$venv/bin/tinybridge" demo "$@"
     ;;
 test)
-    apt_install gcc libc6-dev python3-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+    apt_install gcc libc6-dev python3-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm dataset-fashion-mnist
     python_setup
     "$venv/bin/python" -m pip install -q "$torch_pin"
     "$venv/bin/python" -m pip install -q -e ".[test]"
