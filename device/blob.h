@@ -11,6 +11,7 @@
 #define TB_BLOB_MAX_TENSORS 256u
 #define TB_BLOB_PARAMS_HEADER 8u    /* step, rng state */
 #define TB_ADD_LEFT_SHIFT 20        /* TFLite's int8 ADD */
+#define TB_BLOB_FLAG_SINGLE_ROUNDING 1u /* header flags: forward kernels round once (TB_ROUND_SINGLE) */
 
 enum {
     TB_OP_CONV2D = 1,

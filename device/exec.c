@@ -78,11 +78,18 @@ static tb_shape shape(const tb_blob_tensor *t)
     return s;
 }
 
+/* The forward kernels' tb_rounding: the model's (header flags). */
+static int32_t rounding(const tb_model *m)
+{
+    return m->header->flags & TB_BLOB_FLAG_SINGLE_ROUNDING ? TB_ROUND_SINGLE : TB_ROUND_TFLITE;
+}
+
 static tb_conv_params conv_params(const tb_model *m, const tb_blob_op *op)
 {
     const tb_conv_params p = {op->kernel_h, op->kernel_w, op->stride_h, op->stride_w,
                               op->pad_top, op->pad_left, -m->tensors[op->input0].zero_point,
-                              m->tensors[op->output].zero_point, op->act_min, op->act_max};
+                              m->tensors[op->output].zero_point, op->act_min, op->act_max,
+                              rounding(m)};
     return p;
 }
 
@@ -210,7 +217,7 @@ static int sliced_op(const tb_model *m, const tb_blob_op *op, int8_t *y)
         const tb_status s =
             fc ? tb_fully_connected_s8((int32_t)in_c, k, x, -in->zero_point, w, bias(m, op) + c0,
                                        data_i32(m, op->mult) + c0, data_i32(m, op->shift) + c0, k,
-                                       out->zero_point, op->act_min, op->act_max, yk)
+                                       out->zero_point, op->act_min, op->act_max, rounding(m), yk)
                : conv_call(m, op, &p, shape(in), x, ys, w, c0, yk);
         if (s != TB_KERNEL_OK) return fail("a forward kernel refused its arguments");
         for (uint32_t q = 0; q < n_pos; q++)
@@ -239,9 +246,9 @@ static int forward_op(const tb_model *m, uint32_t i, int training)
     } else if (op->kind == TB_OP_FULLY_CONNECTED) {
         s = tb_fully_connected_s8((int32_t)tb_tensor_size(in), out->c, x, -in->zero_point,
                                   weights(m, op), bias(m, op), mult, shift, out->c,
-                                  out->zero_point, op->act_min, op->act_max, y);
+                                  out->zero_point, op->act_min, op->act_max, rounding(m), y);
     } else if (op->kind == TB_OP_AVGPOOL) {
-        s = tb_avgpool_global_s8(shape(in), x, op->act_min, op->act_max, y);
+        s = tb_avgpool_global_s8(shape(in), x, op->act_min, op->act_max, rounding(m), y);
     } else {
         const tb_add_params a = {-in->zero_point, mult[0], shift[0],
                                  -m->tensors[op->input1].zero_point, mult[1], shift[1],

@@ -243,7 +243,8 @@ static int check_header(check *c, const uint8_t *blob, uint32_t size)
     if (h->n_ops < 1 || h->n_ops >= h->n_tensors)
         return reject(c, "%u ops for %u tensors", h->n_ops, h->n_tensors);
     if (h->n_buffers < 1) return reject(c, "no buffers");
-    if (h->flags || h->reserved[0] || h->reserved[1]) return reject(c, "reserved header field set");
+    if (h->flags & ~TB_BLOB_FLAG_SINGLE_ROUNDING) return reject(c, "unknown header flags 0x%x", h->flags);
+    if (h->reserved[0] || h->reserved[1]) return reject(c, "reserved header field set");
     if (h->data_bytes % 4) return reject(c, "data section size not a multiple of 4");
     const uint64_t sections = (uint64_t)sizeof(tb_blob_header) +
                               (uint64_t)h->n_tensors * sizeof(tb_blob_tensor) +
@@ -472,7 +473,7 @@ static int check_forward(check *c, uint32_t i)
         /* the whole op, or any one of its rows (it may run by rows) */
         tb_conv_params p = {op->kernel_h, op->kernel_w, op->stride_h, op->stride_w,
                             op->pad_top, op->pad_left, -in->zero_point, out->zero_point,
-                            op->act_min, op->act_max};
+                            op->act_min, op->act_max, TB_ROUND_TFLITE}; /* scratch: any rounding */
         const tb_shape s = {in->h, in->w, in->c};
         scratch = tb_conv2d_s8_scratch_bytes(&p, s);
         for (int32_t r = 0; r < out->h; r++) {

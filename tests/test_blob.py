@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tiny_model
-from tinybridge import blob, graph, plan, simulate
+from tinybridge import blob, graph, plan, quant, simulate
 from tinybridge.model import Model
 
 
@@ -32,6 +32,23 @@ def test_blob_round_trip(model, tmp_path):
     for a, b in zip(g.tensors.values(), h.tensors.values()):
         assert (a.shape, a.scale, a.zero_point) == (b.shape, b.scale, b.zero_point)
     assert [(b.offset, b.size) for b in model.plan.buffers] == [(b.offset, b.size) for b in loaded.plan.buffers]
+
+
+def test_zoo_blob_round_trip_keeps_rounding_and_multipliers():
+    """The zoo rounds once, with multipliers from its source's double scales (not derivable from the
+    float32 tensor scales): a blob read back computes and writes exactly the same."""
+    from tinybridge import compiler
+
+    model = compiler.compile("proxyless-w0.3", num_classes=2, update="49kb")
+    data = model.to_bytes()
+    assert struct.unpack_from("<H", data, 26) == (blob.FLAG_SINGLE_ROUNDING,)
+    loaded = Model.from_bytes(data)
+    assert loaded.graph.rounding == "single" and loaded.to_bytes() == data
+    g = model.graph
+    differ = [op.name for op in g.ops if op.multipliers is not None and not np.array_equal(
+        op.multipliers[0], quant.conv_multipliers(g.tensors[op.inputs[0]].scale, op.weight_scales,
+                                                  g.tensors[op.output].scale)[0])]
+    assert differ    # some of the source's multipliers differ from the float32 scales' ones
 
 
 def test_reader_rejects_damaged_blobs(model):

@@ -107,7 +107,14 @@ def flat_model():
     return Model(g)
 
 
-@pytest.mark.parametrize("make", [branchy_model, flat_model])
+def single_rounding_model():
+    """The flat model with every forward kernel rounding once (the zoo's arithmetic)."""
+    m = flat_model()
+    m.graph.rounding = "single"
+    return Model(m.graph)
+
+
+@pytest.mark.parametrize("make", [branchy_model, flat_model, single_rounding_model])
 def test_device_training_equals_simulation_on_other_graphs(make):
     m = make()
     rng = np.random.default_rng(3)
@@ -238,7 +245,7 @@ def corruptions(m):
     arena = m.plan.arena_bytes
     yield "magic", fix_crc(b"XXXX" + data[4:]), BAD_BLOB, "bad magic"
     yield "version", patch(data, 4, "<H", 2), BAD_BLOB, "version 2"
-    yield "flags", patch(data, 26, "<H", 1), BAD_BLOB, "reserved header field"
+    yield "flags", patch(data, 26, "<H", 2), BAD_BLOB, "unknown header flags 0x2"
     yield "no ops", patch(data, 18, "<H", 0), BAD_BLOB, "0 ops"
     yield "data size", patch(data, 36, "<I", data_bytes + 4), BAD_BLOB, "do not add up"
     yield "params size", patch(data, 32, "<I", 6), BAD_BLOB, "params region"

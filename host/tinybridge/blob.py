@@ -1,6 +1,7 @@
 """Model blobs, format version 1 (docs/blob-format.md): write one from a Graph and its Plan, read
 one back. Everything derived from the graph's float scales (multipliers, bias scales) is computed
-here, on write, exactly as TFLite computes it; reading keeps the scales and drops the rest."""
+here, on write, exactly as TFLite computes it unless the source fixed the multipliers; reading keeps
+the scales and the multipliers and drops the rest."""
 import binascii
 import struct
 
@@ -17,6 +18,7 @@ NO_DATA = 0xFFFFFFFF
 ADD_LEFT_SHIFT = 20
 KIND_CODES = {kind: code for code, kind in enumerate(G.KINDS, start=1)}
 TRAIN_BIAS, TRAIN_WEIGHTS, GRAD_INPUT0 = 1, 2, 4
+FLAG_SINGLE_ROUNDING = 1    # header flags: Graph.rounding "single"
 
 HEADER = struct.Struct("<IHHII4H2H3I2f2I8x")
 TENSOR = struct.Struct("<4HifHHHH")
@@ -93,7 +95,8 @@ def write(g, plan):
     buffers = b"".join(BUFFER.pack(b.offset, b.size) for b in plan.buffers)
     body = tensors + ops + buffers + data.bytes()
     size = HEADER.size + len(body)
-    fields = [len(names), len(g.ops), len(plan.buffers), tid[g.input], tid[g.output], 0,
+    flags = FLAG_SINGLE_ROUNDING if g.rounding == "single" else 0
+    fields = [len(names), len(g.ops), len(plan.buffers), tid[g.input], tid[g.output], flags,
               plan.arena_bytes, plan.params_bytes, data.size, np.float32(g.lr), np.float32(g.momentum),
               g.seed, g.step]
     rest = HEADER.pack(MAGIC, VERSION, HEADER.size, size, 0, *fields)[16:] + body
@@ -106,10 +109,12 @@ def read(blob):
     blob = bytes(blob)
     if len(blob) < HEADER.size:
         raise ValueError("not a model blob: %d bytes" % len(blob))
-    (magic, version, header_bytes, size, crc, n_tensors, n_ops, n_buffers, input_t, output_t, _,
+    (magic, version, header_bytes, size, crc, n_tensors, n_ops, n_buffers, input_t, output_t, flags,
      arena, params, data_bytes, lr, momentum, seed, step) = HEADER.unpack_from(blob)
     if magic != MAGIC or version != VERSION or header_bytes != HEADER.size:
         raise ValueError("not a version %d model blob" % VERSION)
+    if flags & ~FLAG_SINGLE_ROUNDING:
+        raise ValueError("model blob has unknown header flags 0x%x" % flags)
     if size != len(blob) or binascii.crc32(blob[16:]) != crc:
         raise ValueError("model blob truncated or corrupted (size or CRC mismatch)")
     pos = HEADER.size
@@ -147,6 +152,9 @@ def read(blob):
         op = G.Op(kind, [names[in0]] + ([names[in1]] if kind == "add" else []), names[out], "op%d" % i,
                   act_min=act_min, act_max=act_max, train_bias=bool(train & TRAIN_BIAS),
                   train_weights=bool(train & TRAIN_WEIGHTS))
+        if d["mult"] != NO_DATA:
+            n_mult = 3 if kind == "add" else tensors[names[out]].shape[2]
+            op.multipliers = (item(d["mult"], np.int32, n_mult), item(d["shift"], np.int32, n_mult))
         if kind in G.WEIGHTED:
             x, y = tensors[op.inputs[0]], tensors[op.output]
             shape = {"conv2d": (y.shape[2], kh, kw, x.shape[2]), "depthwise": (kh, kw, x.shape[2]),
@@ -166,7 +174,8 @@ def read(blob):
         if grad_chunk:
             grad_chunk_of[op.name] = grad_chunk
         wgrad_chunk[op.name] = chunk
-    g = G.Graph(tensors, ops, names[input_t], names[output_t], lr=float(np.float32(lr)),
+    g = G.Graph(tensors, ops, names[input_t], names[output_t],
+                rounding="single" if flags & FLAG_SINGLE_ROUNDING else "tflite", lr=float(np.float32(lr)),
                 momentum=float(np.float32(momentum)), seed=seed, step=step)
     buffers = [P.Buffer("buffer%d" % i, s, o) for i, (o, s) in enumerate(b_recs)]
     return g, P.Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params, arena, stream_rows=stream_rows,

@@ -171,7 +171,8 @@ class _ZooBuilder:
         depthwise = layer["groups"] != 1
         if depthwise and not (layer["groups"] == c == o and w.shape[1] == 1):
             raise ValueError("%s: only depthwise grouped convolutions are supported" % name)
-        common = dict(bias=p["bias"].astype(np.int32), weight_scales=p["w_scales"].astype(np.float32))
+        common = dict(bias=p["bias"].astype(np.int32), weight_scales=p["w_scales"].astype(np.float32),
+                      multipliers=_exact_multipliers(p))
         if (kh, kw) == (1, 1) and stride == 1 and not depthwise:
             op = G.Op("pointwise", [x], name, name, weights=w[:, :, 0, 0].astype(np.int8), **common)
             out = (h, wd, o)
@@ -201,13 +202,20 @@ class _ZooBuilder:
         self._check_input(name, x, p)
         w = p["weight"]
         self.ops.append(G.Op("fully_connected", [x], name, name, weights=w[:, :, 0, 0].astype(np.int8),
-                             bias=p["bias"].astype(np.int32), weight_scales=p["w_scales"].astype(np.float32)))
+                             bias=p["bias"].astype(np.int32), weight_scales=p["w_scales"].astype(np.float32),
+                             multipliers=_exact_multipliers(p)))
         return self._tensor(name, (1, 1, w.shape[0]), p["y_scale"], p["y_zero"])
 
     def build(self, output):
-        g = G.Graph(self.tensors, self.ops, self.input, output)
+        g = G.Graph(self.tensors, self.ops, self.input, output, rounding="single")
         g.validate()
         return g
+
+
+def _exact_multipliers(p):
+    """A zoo layer's requantization as its source defines it: round(acc * x_scale * w_scale / y_scale)
+    with the scales as given (double; the tensors keep their float32 roundings), rounded once."""
+    return quant.conv_multipliers(p["x_scale"], p["w_scales"], p["y_scale"], float32=False)
 
 
 def _torch_padding(h, w, kernel, stride):

@@ -18,6 +18,9 @@ KINDS = ("conv2d", "depthwise", "pointwise", "fully_connected", "avgpool", "add"
 WEIGHTED = ("conv2d", "depthwise", "pointwise", "fully_connected")
 # The image -> input tensor rule of the input transfer (docs/blob-format.md): int8 = pixel - 128.
 INPUT_SCALE, INPUT_ZERO_POINT = 1 / 127.5, 0
+# How the forward kernels round (tb_rounding, docs/kernels.md "Rounding"): TFLite Micro's arithmetic,
+# or every output rounded once from its exact value (the paper's models are defined so).
+ROUNDINGS = ("tflite", "single")
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Op:
     train_bias: bool = False
     train_weights: bool = False
     channels: np.ndarray = None
+    multipliers: tuple = None   # (mult, shift) as the source fixed them, else derived (Graph.requant)
 
     @property
     def kernel(self):
@@ -66,12 +70,14 @@ class Op:
 @dataclass(eq=False)
 class Graph:
     """Ops in execution order (each op's inputs are the graph input or earlier outputs); the output
-    is the last op's 1x1xN logit vector. lr, momentum, seed (xorshift32 state of stochastic rounding)
-    and step are the training schema's globals."""
+    is the last op's 1x1xN logit vector. rounding: how the forward kernels round ("tflite", TFLite
+    Micro's arithmetic, or "single": ROUNDINGS). lr, momentum, seed (xorshift32 state of stochastic
+    rounding) and step are the training schema's globals."""
     tensors: dict
     ops: list
     input: str
     output: str
+    rounding: str = "tflite"
     lr: float = 0.01
     momentum: float = 0.0
     seed: int = 1
@@ -167,7 +173,10 @@ class Graph:
     # ---- derived quantization ----
 
     def requant(self, op):
-        """(mult, shift) int32 arrays: per output channel for weighted ops, [a, b, out] for add."""
+        """(mult, shift) int32 arrays: per output channel for weighted ops, [a, b, out] for add;
+        the op's own `multipliers` if the source fixed them, else from the tensor scales."""
+        if op.multipliers is not None:
+            return op.multipliers
         x, y = self.tensors[op.inputs[0]], self.tensors[op.output]
         if op.kind == "add":
             pairs = quant.add_multipliers(x.scale, self.tensors[op.inputs[1]].scale, y.scale)
@@ -203,6 +212,8 @@ class Graph:
             raise ValueError("lr must be finite and >= 0, momentum in [0, 1)")
         if not 0 < self.seed < 1 << 32:
             raise ValueError("seed must be a nonzero uint32")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError("rounding must be one of %s, got %r" % (ROUNDINGS, self.rounding))
 
     def _validate_op(self, op, seen):
         where = "op %r (%s)" % (op.name, op.kind)

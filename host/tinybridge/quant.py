@@ -24,13 +24,13 @@ def quantize_multiplier(real):
     return int(q_fixed), shift
 
 
-def conv_multipliers(input_scale, weight_scales, output_scale):
-    """Per-output-channel (mult, shift) arrays of an int8 conv, as TFLite Micro prepares them:
-    float32 scales widened to double, effective = s_in * s_w[c] / s_out."""
-    s_in = float(np.float32(input_scale))
-    s_out = float(np.float32(output_scale))
-    pairs = [quantize_multiplier(s_in * float(np.float32(s)) / s_out)
-             for s in np.atleast_1d(weight_scales)]
+def conv_multipliers(input_scale, weight_scales, output_scale, float32=True):
+    """Per-output-channel (mult, shift) arrays of an int8 conv, effective = s_in * s_w[c] / s_out
+    in double: from the scales rounded to float32 as TFLite Micro prepares them, or (float32=False)
+    from the scales exactly as given (the paper's models define theirs in double)."""
+    cast = (lambda s: float(np.float32(s))) if float32 else float
+    s_in, s_out = cast(input_scale), cast(output_scale)
+    pairs = [quantize_multiplier(s_in * cast(s) / s_out) for s in np.atleast_1d(weight_scales)]
     return (np.array([m for m, _ in pairs], dtype=np.int32),
             np.array([s for _, s in pairs], dtype=np.int32))
 

@@ -65,7 +65,7 @@ class Simulator:
         x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
         v = values[op.inputs[0]]
         q = dict(input_offset=-x.zero_point, output_offset=y.zero_point, act_min=op.act_min,
-                 act_max=op.act_max)
+                 act_max=op.act_max, rounding=g.rounding)
         if op.kind in ("conv2d", "depthwise", "pointwise", "fully_connected"):
             mult, shift = g.requant(op)
         if op.kind == "conv2d":
@@ -80,7 +80,8 @@ class Simulator:
             return kernels.fully_connected(v.reshape(-1), self._w(op), self._b(op), mult, shift,
                                            **q).reshape(y.shape)
         if op.kind == "avgpool":
-            return kernels.avgpool_global(v, act_min=op.act_min, act_max=op.act_max).reshape(y.shape)
+            return kernels.avgpool_global(v, act_min=op.act_min, act_max=op.act_max,
+                                          rounding=g.rounding).reshape(y.shape)
         b = g.tensors[op.inputs[1]]
         (ma, mb, my), (sa, sb, sy) = g.requant(op)
         p = kernels.add_params(-x.zero_point, int(ma), int(sa), -b.zero_point, int(mb), int(sb), 20,

@@ -50,7 +50,7 @@ static void conv2d_plain(const tb_conv_params *p, tb_shape in, const int8_t *x, 
                             acc += (int32_t)wp[i] * ((int32_t)xp[i] + p->input_offset);
                     }
                 }
-                acc = tb_requantize(acc, mult[c], shift[c]) + p->output_offset;
+                acc = tb_requantize_as(p->rounding, acc, mult[c], shift[c]) + p->output_offset;
                 y[(oy * out.w + ox) * out.c + c] = (int8_t)tb_clamp_i32(acc, p->act_min, p->act_max);
             }
         }
@@ -157,9 +157,9 @@ tb_status tb_conv2d_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
                        const int32_t *mult, const int32_t *shift,
                        int8_t *y, void *scratch)
 {
-    if (!tb_conv_geometry_ok(p, in, out)) return TB_ERR_ARG;
+    if (!tb_conv_geometry_ok(p, in, out) || !tb_rounding_ok(p->rounding)) return TB_ERR_ARG;
 #if TB_DSP
-    if (scratch && tb_dsp_requant_ok(bias, shift, out.c, conv_k(p, in)) &&
+    if (scratch && p->rounding == TB_ROUND_TFLITE && tb_dsp_requant_ok(bias, shift, out.c, conv_k(p, in)) &&
         (tb_gemm_use_quad(conv_k(p, in)) || conv_k(p, in) <= TB_GEMM_TRIO_MAX_K)) {
         conv2d_dsp(p, in, x, out, w, bias, mult, shift, y,
                    (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u));

@@ -26,7 +26,7 @@ static void depthwise_plain(const tb_conv_params *p, tb_shape in, const int8_t *
                                ((int32_t)x[(iy * in.w + ix) * ch + c] + p->input_offset);
                     }
                 }
-                acc = tb_requantize(acc, mult[c], shift[c]) + p->output_offset;
+                acc = tb_requantize_as(p->rounding, acc, mult[c], shift[c]) + p->output_offset;
                 y[(oy * out.w + ox) * ch + c] = (int8_t)tb_clamp_i32(acc, p->act_min, p->act_max);
             }
         }
@@ -1036,13 +1036,13 @@ tb_status tb_depthwise_conv2d_s8(const tb_conv_params *p, tb_shape in, const int
                                  tb_shape out, const int8_t *w, const int32_t *bias,
                                  const int32_t *mult, const int32_t *shift, int8_t *y)
 {
-    if (!tb_conv_geometry_ok(p, in, out) || in.c != out.c) return TB_ERR_ARG;
+    if (!tb_conv_geometry_ok(p, in, out) || in.c != out.c || !tb_rounding_ok(p->rounding)) return TB_ERR_ARG;
 #if TB_DSP
     /* square odd kernels 3, 5, 7, equal strides 1 or 2 (any padding): channels in groups of 4, the
      * last in.c % 4 by the plain path */
     const int32_t k = p->kernel_h, c4 = in.c & ~(TB_DW_GROUP - 1);
     if (k == p->kernel_w && (k == 3 || k == 5 || k == 7) && p->stride_h == p->stride_w &&
-        (p->stride_h == 1 || p->stride_h == 2) && c4 > 0 &&
+        (p->stride_h == 1 || p->stride_h == 2) && c4 > 0 && p->rounding == TB_ROUND_TFLITE &&
         tb_dsp_requant_ok(bias, shift, in.c, k * k) &&
         ((k > 3 && out.w <= TB_DWS_SMALL &&
           depthwise_small(p, in, x, out, w, bias, mult, shift, y, c4)) ||

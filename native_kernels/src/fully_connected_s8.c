@@ -8,7 +8,7 @@ static void fully_connected_plain(int32_t in_features, int32_t out_features, con
                                   int32_t input_offset, const int8_t *w, const int32_t *bias,
                                   const int32_t *mult, const int32_t *shift, int32_t n_mult,
                                   int32_t output_offset, int32_t act_min, int32_t act_max,
-                                  int8_t *y)
+                                  int32_t rounding, int8_t *y)
 {
     for (int32_t o = 0; o < out_features; o++) {
         const int8_t *wo = w + o * in_features;
@@ -16,7 +16,7 @@ static void fully_connected_plain(int32_t in_features, int32_t out_features, con
         for (int32_t i = 0; i < in_features; i++)
             acc += (int32_t)wo[i] * ((int32_t)x[i] + input_offset);
         const int32_t q = n_mult == 1 ? 0 : o;
-        acc = tb_requantize(acc, mult[q], shift[q]) + output_offset;
+        acc = tb_requantize_as(rounding, acc, mult[q], shift[q]) + output_offset;
         y[o] = (int8_t)tb_clamp_i32(acc, act_min, act_max);
     }
 }
@@ -78,7 +78,8 @@ __attribute__((naked)) static void fc_rows4(fc_ctx *c)
 static int fully_connected_dsp(int32_t in_features, int32_t out_features, const int8_t *x,
                                int32_t input_offset, const int8_t *w, const int32_t *bias,
                                const int32_t *mult, const int32_t *shift, int32_t n_mult,
-                               int32_t output_offset, int32_t act_min, int32_t act_max, int8_t *y)
+                               int32_t output_offset, int32_t act_min, int32_t act_max,
+                               int32_t rounding, int8_t *y)
 {
     if (in_features % 4 != 0 || in_features > TB_FC_MAX_IN) return 0;
     int32_t xs[TB_FC_MAX_IN / 2];
@@ -115,7 +116,9 @@ static int fully_connected_dsp(int32_t in_features, int32_t out_features, const 
         for (int32_t i = 0; i < n; i++) {
             const int32_t q = n_mult == 1 ? 0 : o + i;
             const int32_t e = -shift[q];
-            int32_t v = tb_dsp_requant(ctx.acc[i], mult[q], tb_dsp_rounding(e, output_offset), e);
+            const int32_t round = tb_dsp_rounding(e, output_offset);
+            int32_t v = rounding == TB_ROUND_SINGLE ? tb_dsp_requant_single(ctx.acc[i], mult[q], round, e)
+                                                    : tb_dsp_requant(ctx.acc[i], mult[q], round, e);
             if (!full) v = tb_clamp_i32(v, act_min, act_max);
             y[o + i] = (int8_t)v;
         }
@@ -128,18 +131,18 @@ tb_status tb_fully_connected_s8(int32_t in_features, int32_t out_features, const
                                 int32_t input_offset, const int8_t *w, const int32_t *bias,
                                 const int32_t *mult, const int32_t *shift, int32_t n_mult,
                                 int32_t output_offset, int32_t act_min, int32_t act_max,
-                                int8_t *y)
+                                int32_t rounding, int8_t *y)
 {
     if (in_features <= 0 || out_features <= 0 || (n_mult != 1 && n_mult != out_features) ||
-        act_min > act_max || act_min < -128 || act_max > 127)
+        act_min > act_max || act_min < -128 || act_max > 127 || !tb_rounding_ok(rounding))
         return TB_ERR_ARG;
 #if TB_DSP
     if (tb_dsp_shift_ok(shift, n_mult) && tb_dsp_bias_ok(bias, out_features, in_features) &&
         fully_connected_dsp(in_features, out_features, x, input_offset, w, bias, mult, shift,
-                            n_mult, output_offset, act_min, act_max, y))
+                            n_mult, output_offset, act_min, act_max, rounding, y))
         return TB_OK;
 #endif
     fully_connected_plain(in_features, out_features, x, input_offset, w, bias, mult, shift,
-                          n_mult, output_offset, act_min, act_max, y);
+                          n_mult, output_offset, act_min, act_max, rounding, y);
     return TB_OK;
 }

@@ -26,7 +26,7 @@ static void pointwise_plain(const tb_conv_params *p, tb_shape in, const int8_t *
             int32_t acc = bias ? bias[c] : 0;
             for (int32_t i = 0; i < in.c; i++)
                 acc += (int32_t)wc[i] * ((int32_t)xp[i] + p->input_offset);
-            acc = tb_requantize(acc, mult[c], shift[c]) + p->output_offset;
+            acc = tb_requantize_as(p->rounding, acc, mult[c], shift[c]) + p->output_offset;
             y[pos * out.c + c] = (int8_t)tb_clamp_i32(acc, p->act_min, p->act_max);
         }
     }
@@ -146,10 +146,10 @@ tb_status tb_pointwise_conv_s8(const tb_conv_params *p, tb_shape in, const int8_
 {
     if (p->kernel_h != 1 || p->kernel_w != 1 || p->stride_h != 1 || p->stride_w != 1 ||
         p->pad_top != 0 || p->pad_left != 0 || in.h != out.h || in.w != out.w ||
-        in.c <= 0 || out.c <= 0 || in.h <= 0 || in.w <= 0)
+        in.c <= 0 || out.c <= 0 || in.h <= 0 || in.w <= 0 || !tb_rounding_ok(p->rounding))
         return TB_ERR_ARG;
 #if TB_DSP
-    if (scratch && tb_dsp_requant_ok(bias, shift, out.c, in.c) &&
+    if (scratch && p->rounding == TB_ROUND_TFLITE && tb_dsp_requant_ok(bias, shift, out.c, in.c) &&
         (tb_gemm_use_quad(in.c) || in.c <= TB_GEMM_TRIO_MAX_K)) {
         int32_t *xs = (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u);
         const int32_t n_pos = in.h * in.w;

@@ -12,7 +12,12 @@
  * because SRDHM(acc, M) = floor((2 acc M + 2^31) / 2^32) (its sign-dependent nudge gives the same
  * floor for both signs), RoundingDivideByPOT(v, e) = floor((v + 2^(e-1) - [v < 0]) / 2^e), and
  * v < 0 only if acc < 0, while acc < 0 with v = 0 rounds to the same result either way. Adding
- * out_off * 2^e before the floor shift is exact. Kernels use it only after tb_dsp_requant_ok(). */
+ * out_off * 2^e before the floor shift is exact. Kernels use it only after tb_dsp_requant_ok().
+ *
+ * Single rounding (TB_ROUND_SINGLE), y = floor((acc M + 2^(30+e)) / 2^(31+e)) + out_off, is
+ *   y = SMMLA(2 * acc, M, K) >> e   with the same K,
+ * since 2 acc M + K 2^32 = 2 (acc M + 2^(30+e) + out_off 2^(31+e)) and SMMLA floors the high word:
+ * one instruction less than the double rounding (no nudge, no sign correction). */
 #ifndef TB_DSP_H
 #define TB_DSP_H
 #include <stdint.h>
@@ -57,6 +62,14 @@ TB_INLINE int32_t tb_smmlar(int32_t a, int32_t b, int32_t c)
 {
     int32_t r;
     __asm("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+/* (a * b) >> 32, plus c: SMMLA (no ACLE intrinsic). */
+TB_INLINE int32_t tb_smmla(int32_t a, int32_t b, int32_t c)
+{
+    int32_t r;
+    __asm("smmla %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(c));
     return r;
 }
 
@@ -111,6 +124,12 @@ TB_INLINE int32_t tb_dsp_requant(int32_t acc2, int32_t mult, int32_t round, int3
 {
     int32_t t = tb_smmlar(acc2, mult, round) + (acc2 >> 31);
     return __ssat(t >> e, 8);
+}
+
+/* the same, rounded once (TB_ROUND_SINGLE) */
+TB_INLINE int32_t tb_dsp_requant_single(int32_t acc2, int32_t mult, int32_t round, int32_t e)
+{
+    return __ssat(tb_smmla(acc2, mult, round) >> e, 8);
 }
 
 /* n >= 0 words of zeros at p (word aligned), eight per STM; n >= 1 words of zeros at each of p,

@@ -1,12 +1,21 @@
-"""Forward int8 kernels (TFLite int8 semantics), numpy in, numpy out."""
+"""Forward int8 kernels (TFLite int8 semantics), numpy in, numpy out. `rounding` ("tflite" or
+"single", graph.ROUNDINGS): how sums become int8 (tb_rounding, docs/kernels.md "Rounding")."""
 import numpy as np
 
 from . import _checks as C
 from ._checks import ffi, lib
 
+_ROUNDING_CODES = {"tflite": 0, "single": 1}   # tb_rounding
+
+
+def _rounding(rounding):
+    if rounding not in _ROUNDING_CODES:
+        raise ValueError("rounding must be 'tflite' or 'single', got %r" % (rounding,))
+    return _ROUNDING_CODES[rounding]
+
 
 def conv_params(kernel=(1, 1), stride=(1, 1), pad=(0, 0), input_offset=0, output_offset=0,
-                act_min=-128, act_max=127):
+                act_min=-128, act_max=127, rounding="tflite"):
     """A tb_conv_params struct. input_offset = -input zero point, output_offset = output zero point."""
     C.integer("input_offset", input_offset, -127, 128)
     C.integer("output_offset", output_offset, -128, 127)
@@ -18,6 +27,7 @@ def conv_params(kernel=(1, 1), stride=(1, 1), pad=(0, 0), input_offset=0, output
     p.pad_top, p.pad_left = (C.integer("pad", q, 0, 7) for q in pad)
     p.input_offset, p.output_offset = input_offset, output_offset
     p.act_min, p.act_max = act_min, act_max
+    p.rounding = _rounding(rounding)
     return p
 
 
@@ -31,7 +41,8 @@ def _requant_arrays(out_c, bias, mult, shift):
     return bias, mult, shift
 
 
-def pointwise_conv(x, w, bias, mult, shift, *, input_offset, output_offset, act_min=-128, act_max=127):
+def pointwise_conv(x, w, bias, mult, shift, *, input_offset, output_offset, act_min=-128, act_max=127,
+                   rounding="tflite"):
     """1x1 convolution. x (H, W, Cin) int8, w (Cout, Cin) int8, bias (Cout,) int32 or None,
     mult/shift (Cout,) int32 per-channel requantization. Returns y (H, W, Cout) int8."""
     x = C.array("x", x, np.int8, ndim=3)
@@ -39,7 +50,8 @@ def pointwise_conv(x, w, bias, mult, shift, *, input_offset, output_offset, act_
     w = C.array("w", w, np.int8, (None, ci))
     co = w.shape[0]
     bias, mult, shift = _requant_arrays(co, bias, mult, shift)
-    p = conv_params(input_offset=input_offset, output_offset=output_offset, act_min=act_min, act_max=act_max)
+    p = conv_params(input_offset=input_offset, output_offset=output_offset, act_min=act_min, act_max=act_max,
+                    rounding=rounding)
     y = np.empty((h, wd, co), np.int8)
     scratch = C.scratch(lib.tb_pointwise_conv_s8_scratch_bytes(ci))
     C.check(lib.tb_pointwise_conv_s8(p, C.shape(h, wd, ci), C.ptr("int8_t", x), C.shape(h, wd, co),
@@ -57,7 +69,7 @@ def out_size(in_size, kernel, stride, padding):
 
 
 def conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input_offset, output_offset,
-           act_min=-128, act_max=127):
+           act_min=-128, act_max=127, rounding="tflite"):
     """k x k convolution. x (H, W, Cin) int8, w (Cout, kh, kw, Cin) int8 (OHWI), bias (Cout,) int32
     or None, mult/shift (Cout,) int32. stride 1 or 2 (or more), padding "same", "valid" or an int (out_size)."""
     x = C.array("x", x, np.int8, ndim=3)
@@ -70,7 +82,7 @@ def conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input_offset, o
     if oh <= 0 or ow <= 0:
         raise ValueError("kernel %dx%d is larger than input %dx%d with valid padding" % (kh, kw, h, wd))
     bias, mult, shift = _requant_arrays(co, bias, mult, shift)
-    p = conv_params((kh, kw), (stride, stride), (pt, pl), input_offset, output_offset, act_min, act_max)
+    p = conv_params((kh, kw), (stride, stride), (pt, pl), input_offset, output_offset, act_min, act_max, rounding)
     y = np.empty((oh, ow, co), np.int8)
     scratch = C.scratch(lib.tb_conv2d_s8_scratch_bytes(p, C.shape(h, wd, ci)))
     C.check(lib.tb_conv2d_s8(p, C.shape(h, wd, ci), C.ptr("int8_t", x), C.shape(oh, ow, co),
@@ -80,7 +92,7 @@ def conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input_offset, o
 
 
 def depthwise_conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input_offset,
-                     output_offset, act_min=-128, act_max=127):
+                     output_offset, act_min=-128, act_max=127, rounding="tflite"):
     """Depthwise k x k convolution. x (H, W, C) int8, w (kh, kw, C) int8, bias (C,) int32 or None,
     mult/shift (C,) int32."""
     x = C.array("x", x, np.int8, ndim=3)
@@ -93,7 +105,7 @@ def depthwise_conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input
     if oh <= 0 or ow <= 0:
         raise ValueError("kernel %dx%d is larger than input %dx%d with valid padding" % (kh, kw, h, wd))
     bias, mult, shift = _requant_arrays(ch, bias, mult, shift)
-    p = conv_params((kh, kw), (stride, stride), (pt, pl), input_offset, output_offset, act_min, act_max)
+    p = conv_params((kh, kw), (stride, stride), (pt, pl), input_offset, output_offset, act_min, act_max, rounding)
     y = np.empty((oh, ow, ch), np.int8)
     C.check(lib.tb_depthwise_conv2d_s8(p, C.shape(h, wd, ch), C.ptr("int8_t", x), C.shape(oh, ow, ch),
                                        C.ptr("int8_t", w), C.ptr("int32_t", bias), C.ptr("int32_t", mult),
@@ -101,7 +113,8 @@ def depthwise_conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input
     return y
 
 
-def fully_connected(x, w, bias, mult, shift, *, input_offset, output_offset, act_min=-128, act_max=127):
+def fully_connected(x, w, bias, mult, shift, *, input_offset, output_offset, act_min=-128, act_max=127,
+                    rounding="tflite"):
     """Fully connected. x (Cin,) int8, w (Cout, Cin) int8, bias (Cout,) int32 or None,
     mult/shift (1,) per-tensor or (Cout,) per-channel int32."""
     x = C.array("x", x, np.int8, ndim=1)
@@ -120,20 +133,22 @@ def fully_connected(x, w, bias, mult, shift, *, input_offset, output_offset, act
     y = np.empty((co,), np.int8)
     C.check(lib.tb_fully_connected_s8(x.shape[0], co, C.ptr("int8_t", x), input_offset, C.ptr("int8_t", w),
                                       C.ptr("int32_t", bias), C.ptr("int32_t", mult), C.ptr("int32_t", shift),
-                                      mult.shape[0], output_offset, act_min, act_max, C.ptr("int8_t", y)),
+                                      mult.shape[0], output_offset, act_min, act_max, _rounding(rounding),
+                                      C.ptr("int8_t", y)),
             "fully_connected")
     return y
 
 
-def avgpool_global(x, *, act_min=-128, act_max=127):
-    """Global average pool. x (H, W, C) int8 -> (C,) int8, same quantization in and out."""
+def avgpool_global(x, *, act_min=-128, act_max=127, rounding="tflite"):
+    """Global average pool. x (H, W, C) int8 -> (C,) int8, same quantization in and out; the mean
+    rounds ties away from zero ("tflite") or to even ("single")."""
     x = C.array("x", x, np.int8, ndim=3)
     h, wd, ch = x.shape
     C.integer("act_min", act_min, -128, 127)
     C.integer("act_max", act_max, act_min, 127)
     y = np.empty((ch,), np.int8)
     C.check(lib.tb_avgpool_global_s8(C.shape(h, wd, ch), C.ptr("int8_t", x), act_min, act_max,
-                                     C.ptr("int8_t", y)), "avgpool_global")
+                                     _rounding(rounding), C.ptr("int8_t", y)), "avgpool_global")
     return y
 
 
