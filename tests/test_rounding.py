@@ -67,8 +67,10 @@ def test_pointwise_single_rounding(ci, co, hw):
     assert np.abs(tflite.astype(int) - got).max() <= 1
 
 
-@pytest.mark.parametrize("k, stride, hw, ch", [(3, 1, 9, 8), (3, 2, 10, 12), (5, 1, 8, 16), (5, 2, 11, 8),
-                                               (7, 1, 9, 8), (7, 2, 14, 4), (3, 1, 6, 6)])
+# 3x3: one and two output rows a pass, narrow and wide bands; 5x5, 7x7: bands and small planes
+@pytest.mark.parametrize("k, stride, hw, ch", [(3, 1, 9, 8), (3, 2, 10, 12), (3, 1, 6, 6), (3, 2, 16, 8),
+                                               (3, 1, 40, 4), (3, 2, 48, 4), (5, 1, 8, 16), (5, 2, 11, 8),
+                                               (5, 1, 20, 4), (7, 1, 9, 8), (7, 2, 14, 4), (7, 1, 24, 4)])
 def test_depthwise_single_rounding(k, stride, hw, ch):
     x, bias = tensors(hw, hw, ch, ch)
     w = RNG.integers(-128, 128, (k, k, ch), dtype=np.int8)

@@ -95,6 +95,7 @@ static void conv2d_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb
 {
     const int32_t k = conv_k(p, in), k4 = tb_gemm_k4(k);
     const int32_t n_pos = out.h * out.w, oc = out.c;
+    const tb_gemm_routines *run = tb_gemm_routines_for(p->rounding);
     if (tb_gemm_use_quad(k)) {
         int32_t *rq = xs + 3 * k;
         int8_t *rows = (int8_t *)(rq + 4 * (TB_GEMM_QUAD_BLOCK + 1));
@@ -120,7 +121,7 @@ static void conv2d_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb
                 tb_dsp_quad_expand4(rows, k, off2, xs);
                 ctx.y = n == 4 ? y + pos * oc + c0 : spill;
                 ctx.oc = n == 4 ? oc : TB_GEMM_QUAD_BLOCK;
-                tb_dsp_gemm_quad(&ctx);
+                run->quad(&ctx);
                 if (n < 4)
                     for (int32_t q = 0; q < n; q++)
                         for (int32_t c = c0; c < c1; c++)
@@ -146,7 +147,7 @@ static void conv2d_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb
                     yq[q] = 0;
                 }
             }
-            tb_dsp_gemm_run(xs, k, ws, c1 - c0, yq[0], yq[1], yq[2]);
+            tb_dsp_gemm_run(xs, k, ws, c1 - c0, yq[0], yq[1], yq[2], run->trio);
         }
     }
 }
@@ -159,7 +160,7 @@ tb_status tb_conv2d_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
 {
     if (!tb_conv_geometry_ok(p, in, out) || !tb_rounding_ok(p->rounding)) return TB_ERR_ARG;
 #if TB_DSP
-    if (scratch && p->rounding == TB_ROUND_TFLITE && tb_dsp_requant_ok(bias, shift, out.c, conv_k(p, in)) &&
+    if (scratch && tb_dsp_requant_ok(bias, shift, out.c, conv_k(p, in)) &&
         (tb_gemm_use_quad(conv_k(p, in)) || conv_k(p, in) <= TB_GEMM_TRIO_MAX_K)) {
         conv2d_dsp(p, in, x, out, w, bias, mult, shift, y,
                    (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u));

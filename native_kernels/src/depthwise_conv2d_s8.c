@@ -148,17 +148,15 @@ typedef struct {
     "add sp, sp, #88\n\t"                                                            \
     "pop {r4-r11, pc}\n\t"
 /* requantize r0 -> [y], r1 -> [y + ystep]; y += 2 ystep (free: r2-r7) */
-#define DW_REQUANT2                                                                  \
+#define DW_REQUANT2(REQ)                                                             \
     "ldrd r2, r3, [sp, #20]\n\t"                                                     \
     "ldr r4, [sp, #28]\n\t"                                                          \
     "ldrd r5, r6, [sp, #4]\n\t"                                                      \
-    "add r7, r3, r0, asr #31\n\t"                                                    \
-    "smmlar r7, r0, r2, r7\n\t"                                                      \
+    REQ("r7", "r0", "r2", "r3", "r7")                                                \
     "asr r7, r7, r4\n\t"                                                             \
     "ssat r7, #8, r7\n\t"                                                            \
     "strb r7, [r5]\n\t"                                                              \
-    "add r7, r3, r1, asr #31\n\t"                                                    \
-    "smmlar r7, r1, r2, r7\n\t"                                                      \
+    REQ("r7", "r1", "r2", "r3", "r7")                                                \
     "asr r7, r7, r4\n\t"                                                             \
     "ssat r7, #8, r7\n\t"                                                            \
     "strb r7, [r5, r6]\n\t"                                                          \
@@ -221,16 +219,16 @@ typedef struct {
     "smlad r1, r3, r6, r1\n\t"                                                       \
     "smlad r1, r4, r7, r1\n\t"                                                       \
     "smlabt r1, r5, r8, r1\n\t"
-#define DW7S1_BODY(B) DW_INIT2 DW7S1_ROW(RO(B, 0)) DW7S1_ROW(RO(B, 1)) DW7S1_ROW(RO(B, 2)) \
+#define DW7S1_BODY(B, REQ) DW_INIT2 DW7S1_ROW(RO(B, 0)) DW7S1_ROW(RO(B, 1)) DW7S1_ROW(RO(B, 2)) \
     DW7S1_ROW(RO(B, 3)) DW7S1_ROW(RO(B, 4)) DW7S1_ROW(RO(B, 5)) DW7S1_ROW(RO(B, 6))      \
-    DW_REQUANT2 DW_STEPEND(4)
-#define DW7S2_BODY(B) DW_INIT2 DW7S2_ROW(RO(B, 0)) DW7S2_ROW(RO(B, 1)) DW7S2_ROW(RO(B, 2)) \
+    DW_REQUANT2(REQ) DW_STEPEND(4)
+#define DW7S2_BODY(B, REQ) DW_INIT2 DW7S2_ROW(RO(B, 0)) DW7S2_ROW(RO(B, 1)) DW7S2_ROW(RO(B, 2)) \
     DW7S2_ROW(RO(B, 3)) DW7S2_ROW(RO(B, 4)) DW7S2_ROW(RO(B, 5)) DW7S2_ROW(RO(B, 6))      \
-    DW_REQUANT2 DW_STEPEND(8)
-#define DW5S1_BODY(B) DW_INIT2 DW5S1_ROW(RO(B, 0)) DW5S1_ROW(RO(B, 1)) DW5S1_ROW(RO(B, 2)) \
-    DW5S1_ROW(RO(B, 3)) DW5S1_ROW(RO(B, 4)) DW_REQUANT2 DW_STEPEND(4)
-#define DW5S2_BODY(B) DW_INIT2 DW5S2_ROW(RO(B, 0)) DW5S2_ROW(RO(B, 1)) DW5S2_ROW(RO(B, 2)) \
-    DW5S2_ROW(RO(B, 3)) DW5S2_ROW(RO(B, 4)) DW_REQUANT2 DW_STEPEND(8)
+    DW_REQUANT2(REQ) DW_STEPEND(8)
+#define DW5S1_BODY(B, REQ) DW_INIT2 DW5S1_ROW(RO(B, 0)) DW5S1_ROW(RO(B, 1)) DW5S1_ROW(RO(B, 2)) \
+    DW5S1_ROW(RO(B, 3)) DW5S1_ROW(RO(B, 4)) DW_REQUANT2(REQ) DW_STEPEND(4)
+#define DW5S2_BODY(B, REQ) DW_INIT2 DW5S2_ROW(RO(B, 0)) DW5S2_ROW(RO(B, 1)) DW5S2_ROW(RO(B, 2)) \
+    DW5S2_ROW(RO(B, 3)) DW5S2_ROW(RO(B, 4)) DW_REQUANT2(REQ) DW_STEPEND(8)
 
 /* k = 3: the six weight words (E0, O1 of each slot) stay in r4-r9; y r10, ystep r11, bias r12 */
 #define DW3_ROWSETUP                                                                 \
@@ -238,22 +236,20 @@ typedef struct {
     "ldmia r0, {r4, r5, r6, r7, r8, r9}\n\t"                                         \
     "ldrd r10, r11, [sp, #4]\n\t"                                                    \
     "ldr r12, [sp, #16]\n\t"
-#define DW3_REQUANT2                                                                 \
+#define DW3_REQUANT2(REQ)                                                            \
     "ldrd r2, r3, [sp, #20]\n\t"                 /* M K */                           \
-    "add r12, r3, r0, asr #31\n\t"                                                   \
-    "smmlar r12, r0, r2, r12\n\t"                                                    \
+    REQ("r12", "r0", "r2", "r3", "r12")                                              \
     "ldr r0, [sp, #28]\n\t"                      /* e */                             \
     "asr r12, r12, r0\n\t"                                                           \
     "ssat r12, #8, r12\n\t"                                                          \
     "strb r12, [r10]\n\t"                                                            \
-    "add r12, r3, r1, asr #31\n\t"                                                   \
-    "smmlar r12, r1, r2, r12\n\t"                                                    \
+    REQ("r12", "r1", "r2", "r3", "r12")                                              \
     "asr r12, r12, r0\n\t"                                                           \
     "ssat r12, #8, r12\n\t"                                                          \
     "strb r12, [r10, r11]\n\t"                                                       \
     "add r10, r10, r11, lsl #1\n\t"                                                  \
     "ldr r12, [sp, #16]\n\t"                     /* bias */
-#define DW3S1_BODY(B)                                                                \
+#define DW3S1_BODY(B, REQ)                                                           \
     "ldrd r2, r3, [lr], #4\n\t"                                                      \
     "smlad r0, r2, r4, r12\n\t"                                                      \
     "smlatb r1, r2, r4, r12\n\t"                                                     \
@@ -269,7 +265,7 @@ typedef struct {
     "smlatb r1, r2, r8, r1\n\t"                                                      \
     "smlabt r0, r3, r9, r0\n\t"                                                      \
     "smlad r1, r3, r9, r1\n\t"                                                       \
-    DW3_REQUANT2                                                                     \
+    DW3_REQUANT2(REQ)                                                                \
     "ldr r2, [sp, #12]\n\t"                                                          \
     "cmp lr, r2\n\t"                                                                 \
     "bne 1b\n\t"
@@ -281,14 +277,14 @@ typedef struct {
     "ldr r2, [lr, #(" OFF "+8)]\n\t"                                                 \
     "smlad r1, r3, " E ", r1\n\t"                                                    \
     "smlabt r1, r2, " O ", r1\n\t"
-#define DW3S2_BODY(B)                                                                \
+#define DW3S2_BODY(B, REQ)                                                           \
     "mov r0, r12\n\t"                                                                \
     "mov r1, r12\n\t"                                                                \
     DW3S2_ROW("0", "r4", "r5")                                                       \
     DW3S2_ROW(RO(B, 1), "r6", "r7")                                                  \
     DW3S2_ROW(RO(B, 2), "r8", "r9")                                                  \
     "add lr, lr, #8\n\t"                                                             \
-    DW3_REQUANT2                                                                     \
+    DW3_REQUANT2(REQ)                                                                \
     "ldr r2, [sp, #12]\n\t"                                                          \
     "cmp lr, r2\n\t"                                                                 \
     "bne 1b\n\t"
@@ -299,14 +295,18 @@ typedef struct {
         (void)c;                                                                     \
         __asm volatile(DW_PROLOGUE SETUP "1:\n\t" BODY DW_ROWEND DW_NEXT);           \
     }
-DW_FUNCTION(dw3s1, DW3_ROWSETUP, DW3S1_BODY(TB_DW_ROWB_3))
-DW_FUNCTION(dw3s2, DW3_ROWSETUP, DW3S2_BODY(TB_DW_ROWB_3))
-DW_FUNCTION(dw3s1s, DW3_ROWSETUP, DW3S1_BODY(TB_DW_ROWB_3S))
-DW_FUNCTION(dw3s2s, DW3_ROWSETUP, DW3S2_BODY(TB_DW_ROWB_3S))
-DW_FUNCTION(dw5s1, "", DW5S1_BODY(TB_DW_ROWB_5))
-DW_FUNCTION(dw5s2, "", DW5S2_BODY(TB_DW_ROWB_5))
-DW_FUNCTION(dw7s1, "", DW7S1_BODY(TB_DW_ROWB_7))
-DW_FUNCTION(dw7s2, "", DW7S2_BODY(TB_DW_ROWB_7))
+/* each kernel once per rounding (tb_dsp.h: TB_DSP_REQ_*) */
+#define DW_FUNCTIONS(NAME, SETUP, BODY, B)                                           \
+    DW_FUNCTION(NAME, SETUP, BODY(B, TB_DSP_REQ_TFLITE))                             \
+    DW_FUNCTION(NAME##_single, SETUP, BODY(B, TB_DSP_REQ_SINGLE))
+DW_FUNCTIONS(dw3s1, DW3_ROWSETUP, DW3S1_BODY, TB_DW_ROWB_3)
+DW_FUNCTIONS(dw3s2, DW3_ROWSETUP, DW3S2_BODY, TB_DW_ROWB_3)
+DW_FUNCTIONS(dw3s1s, DW3_ROWSETUP, DW3S1_BODY, TB_DW_ROWB_3S)
+DW_FUNCTIONS(dw3s2s, DW3_ROWSETUP, DW3S2_BODY, TB_DW_ROWB_3S)
+DW_FUNCTIONS(dw5s1, "", DW5S1_BODY, TB_DW_ROWB_5)
+DW_FUNCTIONS(dw5s2, "", DW5S2_BODY, TB_DW_ROWB_5)
+DW_FUNCTIONS(dw7s1, "", DW7S1_BODY, TB_DW_ROWB_7)
+DW_FUNCTIONS(dw7s2, "", DW7S2_BODY, TB_DW_ROWB_7)
 
 /* ---- expansion: interior pairs of a row (both columns inside the input) for four channels.
  * Per pair: the two positions' words (4 channels each), PKHBT / PKHTB to [c0 c1 | c0 c1] and
@@ -535,26 +535,22 @@ typedef struct {
     "ldmia r0, {r4, r5, r6, r7, r8, r9, r12}\n\t"                                      \
     "1:\n\t"
 /* four outputs r0 (y), r1 (y + ystep), r2 (y + yrow), r3 (y + yrow + ystep), then the loop */
-#define DW2_REQUANT4                                                                   \
+#define DW2_REQUANT4(REQ)                                                               \
     "ldmia sp, {r4, r5, r6, r7, r8, r9, r10}\n\t"                                      \
-    "add r11, r5, r0, asr #31\n\t"                                                     \
-    "smmlar r0, r0, r4, r11\n\t"                                                       \
+    REQ("r0", "r0", "r4", "r5", "r11")                                                 \
     "asr r0, r0, r6\n\t"                                                               \
     "ssat r0, #8, r0\n\t"                                                              \
     "strb r0, [r7]\n\t"                                                                \
-    "add r11, r5, r1, asr #31\n\t"                                                     \
-    "smmlar r1, r1, r4, r11\n\t"                                                       \
+    REQ("r1", "r1", "r4", "r5", "r11")                                                 \
     "asr r1, r1, r6\n\t"                                                               \
     "ssat r1, #8, r1\n\t"                                                              \
     "strb r1, [r7, r8]\n\t"                                                            \
     "add r12, r7, r9\n\t"                                                              \
-    "add r11, r5, r2, asr #31\n\t"                                                     \
-    "smmlar r2, r2, r4, r11\n\t"                                                       \
+    REQ("r2", "r2", "r4", "r5", "r11")                                                 \
     "asr r2, r2, r6\n\t"                                                               \
     "ssat r2, #8, r2\n\t"                                                              \
     "strb r2, [r12]\n\t"                                                               \
-    "add r11, r5, r3, asr #31\n\t"                                                     \
-    "smmlar r3, r3, r4, r11\n\t"                                                       \
+    REQ("r3", "r3", "r4", "r5", "r11")                                                 \
     "asr r3, r3, r6\n\t"                                                               \
     "ssat r3, #8, r3\n\t"                                                              \
     "strb r3, [r12, r8]\n\t"                                                           \
@@ -649,16 +645,19 @@ typedef struct {
     DW2S2_ROW("3*" TB_DW_XSTR(ROWB), "r6", "r7", "r2", "r3")                           \
     DW2S2_ROW("4*" TB_DW_XSTR(ROWB), "r8", "r9", "r2", "r3")
 
-#define DW2_FUNCTION(NAME, STEP)                                                       \
+#define DW2_FUNCTION(NAME, STEP, REQ)                                                  \
     __attribute__((naked)) static void NAME(const dw2_ctx *c)                          \
     {                                                                                  \
         (void)c;                                                                       \
-        __asm volatile(DW2_PROLOGUE STEP DW2_REQUANT4 DW2_EPILOGUE);                   \
+        __asm volatile(DW2_PROLOGUE STEP DW2_REQUANT4(REQ) DW2_EPILOGUE);              \
     }
-DW2_FUNCTION(dw2s1, DW2S1_STEP(TB_DW_ROWB_3))
-DW2_FUNCTION(dw2s2, DW2S2_STEP(TB_DW_ROWB_3))
-DW2_FUNCTION(dw2s1s, DW2S1_STEP(TB_DW_ROWB_3S))
-DW2_FUNCTION(dw2s2s, DW2S2_STEP(TB_DW_ROWB_3S))
+#define DW2_FUNCTIONS(NAME, STEP)                                                      \
+    DW2_FUNCTION(NAME, STEP, TB_DSP_REQ_TFLITE)                                        \
+    DW2_FUNCTION(NAME##_single, STEP, TB_DSP_REQ_SINGLE)
+DW2_FUNCTIONS(dw2s1, DW2S1_STEP(TB_DW_ROWB_3))
+DW2_FUNCTIONS(dw2s2, DW2S2_STEP(TB_DW_ROWB_3))
+DW2_FUNCTIONS(dw2s1s, DW2S1_STEP(TB_DW_ROWB_3S))
+DW2_FUNCTIONS(dw2s2s, DW2S2_STEP(TB_DW_ROWB_3S))
 
 /* rows [from, from + n) of every channel's band to rows [0, n), the first `used` words of each
  * (words per channel: gwords) */
@@ -697,10 +696,17 @@ static int depthwise_band(const tb_conv_params *p, tb_shape in, const int8_t *x,
     int32_t wt[TB_DW_GROUP][TB_DW_WT];  /* weight rows (3 x 3: then 2 bias) */
     int32_t rq[TB_DW_GROUP][4];         /* 2 bias, M, K, e */
     int8_t ylast[(2 * TB_DW_PAIRS_3 + 2) * TB_DW_GROUP]; /* an odd width's last row */
+    const int single = p->rounding == TB_ROUND_SINGLE;
     void (*run1)(const dw_row_ctx *) =
-        k == 3 ? (narrow ? (s == 1 ? dw3s1s : dw3s2s) : (s == 1 ? dw3s1 : dw3s2))
-               : k == 5 ? (s == 1 ? dw5s1 : dw5s2) : (s == 1 ? dw7s1 : dw7s2);
-    void (*run2)(const dw2_ctx *) = narrow ? (s == 1 ? dw2s1s : dw2s2s) : (s == 1 ? dw2s1 : dw2s2);
+        single ? (k == 3 ? (narrow ? (s == 1 ? dw3s1s_single : dw3s2s_single)
+                                   : (s == 1 ? dw3s1_single : dw3s2_single))
+                         : k == 5 ? (s == 1 ? dw5s1_single : dw5s2_single)
+                                  : (s == 1 ? dw7s1_single : dw7s2_single))
+               : (k == 3 ? (narrow ? (s == 1 ? dw3s1s : dw3s2s) : (s == 1 ? dw3s1 : dw3s2))
+                         : k == 5 ? (s == 1 ? dw5s1 : dw5s2) : (s == 1 ? dw7s1 : dw7s2));
+    void (*run2)(const dw2_ctx *) =
+        single ? (narrow ? (s == 1 ? dw2s1s_single : dw2s2s_single) : (s == 1 ? dw2s1_single : dw2s2_single))
+               : (narrow ? (s == 1 ? dw2s1s : dw2s2s) : (s == 1 ? dw2s1 : dw2s2));
     dw2_ctx c2;
     c2.steps = 4 * (s == 1 ? steps : 2 * steps);
     c2.wb = wt[0];
@@ -832,81 +838,85 @@ typedef struct {
     "smlatt r2, r4, r6, r2\n\t"                                                         \
     "smlabb r1, r5, r7, r1\n\t"                                                         \
     "smlatt r3, r5, r7, r3\n\t"
-#define DWS_REQ(A, I)                                                                   \
+#define DWS_REQ(REQ, A, I)                                                              \
     "ldmia r8!, {r4, r5, r6}\n\t"                                                       \
-    "add r7, r5, " A ", asr #31\n\t"                                                    \
-    "smmlar " A ", " A ", r4, r7\n\t"                                                   \
+    REQ(A, A, "r4", "r5", "r7")                                                         \
     "asr " A ", " A ", r6\n\t"                                                          \
     "ssat " A ", #8, " A "\n\t"                                                         \
     "strb " A ", [r9, #" #I "]\n\t"
 /* frame: 0 xt cursor, 4 xt, 8 xtend, 12 yt cursor, 16 ytend, 20 rq, 24 y, 28 ystep, 32 xs, 36 ws,
  * 40 wx, 44 x row, 48 w row, 52 rows */
-__attribute__((naked)) static void dws_run(const dws_ctx *c)
-{
-    (void)c;
-    __asm volatile(
-        "push {r4-r11, lr}\n\t"
-        "sub sp, sp, #56\n\t"
-        "ldmia r0, {r1, r2, r3, r4, r5, r6, r7, r8, r9, r10}\n\t" /* xt xtend yt ytend rq y ystep xs ws wx */
-        "str r1, [sp, #4]\n\t"
-        "str r2, [sp, #8]\n\t"
-        "str r3, [sp, #12]\n\t"
-        "add r0, sp, #16\n\t"
-        "stmia r0, {r4, r5, r6, r7, r8, r9, r10}\n\t"
-        "1:\n\t"                                  /* an output row */
-        "ldr r4, [sp, #12]\n\t"
-        "ldmia r4!, {r5, r6, r7}\n\t"             /* x row, w row bytes, rows */
-        "str r4, [sp, #12]\n\t"
-        "ldr r4, [sp, #40]\n\t"
-        "add r6, r6, r4\n\t"
-        "strd r5, r6, [sp, #44]\n\t"
-        "str r7, [sp, #52]\n\t"
-        "ldr r4, [sp, #4]\n\t"
-        "str r4, [sp, #0]\n\t"
-        "2:\n\t"                                  /* an output position */
-        "ldr r4, [sp, #0]\n\t"
-        "ldmia r4!, {r5, r6, r11}\n\t"            /* x column, w column, jump */
-        "str r4, [sp, #0]\n\t"
-        "ldrd r12, lr, [sp, #44]\n\t"
-        "add r12, r12, r5\n\t"
-        "add lr, lr, r6\n\t"
-        "ldr r10, [sp, #52]\n\t"
-        "ldrd r8, r9, [sp, #32]\n\t"
-        "ldr r4, [sp, #20]\n\t"
-        "add r4, r4, #48\n\t"
-        "ldmia r4, {r0, r1, r2, r3}\n\t"          /* 2 bias */
-        "mov pc, r11\n\t"
-        ".p2align 2\n\t"
-        "5:\n\t"
-        DWS_TAP(6) DWS_TAP(5) DWS_TAP(4) DWS_TAP(3) DWS_TAP(2) DWS_TAP(1) DWS_TAP(0)
-        "add r12, r12, r8\n\t"
-        "add lr, lr, r9\n\t"
-        "subs r10, r10, #1\n\t"
-        "it ne\n\t"
-        "movne pc, r11\n\t"
-        "ldrd r8, r9, [sp, #20]\n\t"              /* rq, y */
-        DWS_REQ("r0", 0) DWS_REQ("r1", 1) DWS_REQ("r2", 2) DWS_REQ("r3", 3)
-        "ldr r4, [sp, #28]\n\t"
-        "add r9, r9, r4\n\t"
-        "str r9, [sp, #24]\n\t"
-        "ldrd r4, r5, [sp, #0]\n\t"               /* xt cursor, (xt) */
-        "ldr r5, [sp, #8]\n\t"
-        "cmp r4, r5\n\t"
-        "bne 2b\n\t"
-        "ldr r4, [sp, #12]\n\t"
-        "ldr r5, [sp, #16]\n\t"
-        "cmp r4, r5\n\t"
-        "bne 1b\n\t"
-        "add sp, sp, #56\n\t"
-        "pop {r4-r11, pc}\n\t"
-        /* the entry of the unrolled taps, for the C side */
-        ".global tb_dws_taps\n\t"
-        ".set tb_dws_taps, 5b\n\t");
+/* the unrolled taps' entry is a global symbol TAPS, for the C side's jump table */              \
+#define DWS_RUN(NAME, REQ, TAPS)                                                                 \
+__attribute__((naked)) static void NAME(const dws_ctx *c)                                        \
+{                                                                                                \
+    (void)c;                                                                                     \
+    __asm volatile(                                                                              \
+        "push {r4-r11, lr}\n\t"                                                                  \
+        "sub sp, sp, #56\n\t"                                                                    \
+        "ldmia r0, {r1, r2, r3, r4, r5, r6, r7, r8, r9, r10}\n\t" /* xt xtend yt ytend rq y ystep xs ws wx */ \
+        "str r1, [sp, #4]\n\t"                                                                   \
+        "str r2, [sp, #8]\n\t"                                                                   \
+        "str r3, [sp, #12]\n\t"                                                                  \
+        "add r0, sp, #16\n\t"                                                                    \
+        "stmia r0, {r4, r5, r6, r7, r8, r9, r10}\n\t"                                            \
+        "1:\n\t"                                  /* an output row */                            \
+        "ldr r4, [sp, #12]\n\t"                                                                  \
+        "ldmia r4!, {r5, r6, r7}\n\t"             /* x row, w row bytes, rows */                 \
+        "str r4, [sp, #12]\n\t"                                                                  \
+        "ldr r4, [sp, #40]\n\t"                                                                  \
+        "add r6, r6, r4\n\t"                                                                     \
+        "strd r5, r6, [sp, #44]\n\t"                                                             \
+        "str r7, [sp, #52]\n\t"                                                                  \
+        "ldr r4, [sp, #4]\n\t"                                                                   \
+        "str r4, [sp, #0]\n\t"                                                                   \
+        "2:\n\t"                                  /* an output position */                       \
+        "ldr r4, [sp, #0]\n\t"                                                                   \
+        "ldmia r4!, {r5, r6, r11}\n\t"            /* x column, w column, jump */                 \
+        "str r4, [sp, #0]\n\t"                                                                   \
+        "ldrd r12, lr, [sp, #44]\n\t"                                                            \
+        "add r12, r12, r5\n\t"                                                                   \
+        "add lr, lr, r6\n\t"                                                                     \
+        "ldr r10, [sp, #52]\n\t"                                                                 \
+        "ldrd r8, r9, [sp, #32]\n\t"                                                             \
+        "ldr r4, [sp, #20]\n\t"                                                                  \
+        "add r4, r4, #48\n\t"                                                                    \
+        "ldmia r4, {r0, r1, r2, r3}\n\t"          /* 2 bias */                                   \
+        "mov pc, r11\n\t"                                                                        \
+        ".p2align 2\n\t"                                                                         \
+        "5:\n\t"                                                                                 \
+        DWS_TAP(6) DWS_TAP(5) DWS_TAP(4) DWS_TAP(3) DWS_TAP(2) DWS_TAP(1) DWS_TAP(0)             \
+        "add r12, r12, r8\n\t"                                                                   \
+        "add lr, lr, r9\n\t"                                                                     \
+        "subs r10, r10, #1\n\t"                                                                  \
+        "it ne\n\t"                                                                              \
+        "movne pc, r11\n\t"                                                                      \
+        "ldrd r8, r9, [sp, #20]\n\t"              /* rq, y */                                    \
+        DWS_REQ(REQ, "r0", 0) DWS_REQ(REQ, "r1", 1) DWS_REQ(REQ, "r2", 2) DWS_REQ(REQ, "r3", 3)  \
+        "ldr r4, [sp, #28]\n\t"                                                                  \
+        "add r9, r9, r4\n\t"                                                                     \
+        "str r9, [sp, #24]\n\t"                                                                  \
+        "ldrd r4, r5, [sp, #0]\n\t"               /* xt cursor, (xt) */                          \
+        "ldr r5, [sp, #8]\n\t"                                                                   \
+        "cmp r4, r5\n\t"                                                                         \
+        "bne 2b\n\t"                                                                             \
+        "ldr r4, [sp, #12]\n\t"                                                                  \
+        "ldr r5, [sp, #16]\n\t"                                                                  \
+        "cmp r4, r5\n\t"                                                                         \
+        "bne 1b\n\t"                                                                             \
+        "add sp, sp, #56\n\t"                                                                    \
+        "pop {r4-r11, pc}\n\t"                                                                   \
+        ".global " TAPS "\n\t"                                                                   \
+        ".set " TAPS ", 5b\n\t");                                                                \
 }
+DWS_RUN(dws_run, TB_DSP_REQ_TFLITE, "tb_dws_taps")
+DWS_RUN(dws_run_single, TB_DSP_REQ_SINGLE, "tb_dws_taps_single")
+#undef DWS_RUN
 #undef DWS_TAP
 #undef DWS_REQ
 
-extern const uint8_t tb_dws_taps[]; /* the unrolled taps of dws_run (7 x 24 bytes) */
+/* the unrolled taps of dws_run and dws_run_single (7 x 24 bytes each) */
+extern const uint8_t tb_dws_taps[], tb_dws_taps_single[];
 
 /* tb_dsp.h: tb_dsp_expand_quads (also the depthwise gradients' expansion) */
 __attribute__((naked)) void tb_dsp_expand_quads(const int8_t *src, int32_t n, int32_t ch, int32_t off2,
@@ -959,13 +969,15 @@ static int depthwise_small(const tb_conv_params *p, tb_shape in, const int8_t *x
     int32_t xb[TB_DWS_XWORDS];
     int32_t wx[2 * TB_DWS_MAXK * TB_DWS_MAXK];
     int32_t rq[16];
+    const int single = p->rounding == TB_ROUND_SINGLE;
+    const uint8_t *taps = single ? tb_dws_taps_single : tb_dws_taps;
     for (int32_t ox = 0; ox < out.w; ox++) {
         const int32_t ix0 = ox * sw - p->pad_left;
         const int32_t k0 = ix0 < 0 ? -ix0 : 0;
         const int32_t k1 = in.w - ix0 < kw ? in.w - ix0 : kw;
         xt[3 * ox] = (uint32_t)(8 * (ix0 + k0));
         xt[3 * ox + 1] = (uint32_t)(8 * k0);
-        xt[3 * ox + 2] = (uint32_t)(uintptr_t)tb_dws_taps + (uint32_t)(24 * (TB_DWS_MAXK - (k1 - k0)));
+        xt[3 * ox + 2] = (uint32_t)(uintptr_t)taps + (uint32_t)(24 * (TB_DWS_MAXK - (k1 - k0)));
     }
     const int32_t off2 = (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) |
                                    ((uint32_t)p->input_offset << 16));
@@ -1025,7 +1037,7 @@ static int depthwise_small(const tb_conv_params *p, tb_shape in, const int8_t *x
             k.yt = yt + 3 * bo[b];
             k.ytend = yt + 3 * bo[b + 1];
             k.y = y + bo[b] * out.w * ch + c;
-            dws_run(&k);
+            (single ? dws_run_single : dws_run)(&k);
         }
     }
     return 1;
@@ -1042,7 +1054,7 @@ tb_status tb_depthwise_conv2d_s8(const tb_conv_params *p, tb_shape in, const int
      * last in.c % 4 by the plain path */
     const int32_t k = p->kernel_h, c4 = in.c & ~(TB_DW_GROUP - 1);
     if (k == p->kernel_w && (k == 3 || k == 5 || k == 7) && p->stride_h == p->stride_w &&
-        (p->stride_h == 1 || p->stride_h == 2) && c4 > 0 && p->rounding == TB_ROUND_TFLITE &&
+        (p->stride_h == 1 || p->stride_h == 2) && c4 > 0 &&
         tb_dsp_requant_ok(bias, shift, in.c, k * k) &&
         ((k > 3 && out.w <= TB_DWS_SMALL &&
           depthwise_small(p, in, x, out, w, bias, mult, shift, y, c4)) ||

@@ -40,6 +40,7 @@ static void pointwise_trios(const tb_conv_params *p, int32_t n_pos, int32_t in_c
                             const int32_t *mult, const int32_t *shift, int8_t *y, int32_t *xs)
 {
     int32_t *ws = xs + 3 * tb_gemm_k4(in_c) / 2;
+    const tb_gemm_routines *run = tb_gemm_routines_for(p->rounding);
     for (int32_t c0 = 0; c0 < out_c; c0 += TB_GEMM_BLOCK) {
         const int32_t c1 = out_c - c0 < TB_GEMM_BLOCK ? out_c : c0 + TB_GEMM_BLOCK;
         if (in_c == 8 && (c1 - c0) % 2 == 0) { /* the input row fits in registers */
@@ -52,7 +53,7 @@ static void pointwise_trios(const tb_conv_params *p, int32_t n_pos, int32_t in_c
             sc.off2 = (int32_t)(((uint32_t)p->input_offset & 0xFFFFu) |
                                 ((uint32_t)p->input_offset << 16));
             sc.yskip = out_c - (c1 - c0);
-            tb_dsp_gemm_solo8(&sc);
+            run->solo8(&sc);
             continue;
         }
         tb_dsp_gemm_weights(w, in_c, c0, c1, bias, mult, shift, p->output_offset, ws);
@@ -69,7 +70,7 @@ static void pointwise_trios(const tb_conv_params *p, int32_t n_pos, int32_t in_c
             for (; pos + 3 <= n_pos; pos += 3) {
                 tb_dsp_trio_expand(x + pos * in_c, in_c, off2, xs);
                 ctx.y = y + pos * out_c + c0;
-                tb_dsp_gemm_trio_run(&ctx);
+                run->trio(&ctx);
             }
         }
         for (; pos < n_pos; pos += 3) {
@@ -83,7 +84,7 @@ static void pointwise_trios(const tb_conv_params *p, int32_t n_pos, int32_t in_c
                     yq[q] = 0;
                 }
             }
-            tb_dsp_gemm_run(xs, in_c, ws, c1 - c0, yq[0], yq[1], yq[2]);
+            tb_dsp_gemm_run(xs, in_c, ws, c1 - c0, yq[0], yq[1], yq[2], run->trio);
         }
     }
 }
@@ -98,6 +99,7 @@ static void pointwise_quads(const tb_conv_params *p, int32_t n_pos, int32_t in_c
     int8_t spill[4 * TB_GEMM_QUAD_BLOCK];
     const int32_t off2 = (int32_t)(((uint32_t)(2 * p->input_offset) & 0xFFFFu) |
                                    ((uint32_t)(2 * p->input_offset) << 16));
+    const tb_gemm_routines *run = tb_gemm_routines_for(p->rounding);
     tb_gemm_quad_ctx ctx;
     ctx.xs = xs;
     ctx.xend = xs + 2 * in_c;
@@ -113,13 +115,13 @@ static void pointwise_quads(const tb_conv_params *p, int32_t n_pos, int32_t in_c
         for (; pos + 6 <= n_pos; pos += 6) {
             tb_dsp_hexa_expand6(x + pos * in_c, in_c, off2, xs);
             ctx.y = y + pos * out_c + c0;
-            (in_c % 16 == 0 ? tb_dsp_gemm_hexa4 : tb_dsp_gemm_hexa)(&ctx);
+            (in_c % 16 == 0 ? run->hexa4 : run->hexa)(&ctx);
         }
         ctx.xend = xs + 2 * in_c;
         for (; pos + 4 <= n_pos; pos += 4) {
             tb_dsp_quad_expand4(x + pos * in_c, in_c, off2, xs);
             ctx.y = y + pos * out_c + c0;
-            tb_dsp_gemm_quad(&ctx);
+            run->quad(&ctx);
         }
         if (pos < n_pos) {  /* 1-3 positions left: the others write to spill */
             for (int32_t q = 0; q < 4; q++) {
@@ -130,7 +132,7 @@ static void pointwise_quads(const tb_conv_params *p, int32_t n_pos, int32_t in_c
             }
             ctx.y = spill;
             ctx.oc = TB_GEMM_QUAD_BLOCK;
-            tb_dsp_gemm_quad(&ctx);
+            run->quad(&ctx);
             for (int32_t q = 0; q < n_pos - pos; q++)
                 for (int32_t c = c0; c < c1; c++)
                     y[(pos + q) * out_c + c] = spill[q * TB_GEMM_QUAD_BLOCK + (c - c0)];
@@ -149,7 +151,7 @@ tb_status tb_pointwise_conv_s8(const tb_conv_params *p, tb_shape in, const int8_
         in.c <= 0 || out.c <= 0 || in.h <= 0 || in.w <= 0 || !tb_rounding_ok(p->rounding))
         return TB_ERR_ARG;
 #if TB_DSP
-    if (scratch && p->rounding == TB_ROUND_TFLITE && tb_dsp_requant_ok(bias, shift, out.c, in.c) &&
+    if (scratch && tb_dsp_requant_ok(bias, shift, out.c, in.c) &&
         (tb_gemm_use_quad(in.c) || in.c <= TB_GEMM_TRIO_MAX_K)) {
         int32_t *xs = (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u);
         const int32_t n_pos = in.h * in.w;

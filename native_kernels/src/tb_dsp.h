@@ -132,6 +132,15 @@ TB_INLINE int32_t tb_dsp_requant_single(int32_t acc2, int32_t mult, int32_t roun
     return __ssat(tb_smmla(acc2, mult, round) >> e, 8);
 }
 
+/* The requantization step of the assembly paths, as text for their asm strings (register names):
+ * D = the rounded high word of accumulator A (= 2 acc) times M plus K << 32, before the ASR by e
+ * and SSAT; T a scratch register. TB_DSP_REQ_TFLITE: TFLite's double rounding (the sign into T,
+ * SMMLAR); TB_DSP_REQ_SINGLE: the single rounding (SMMLA, T unused). Each assembly routine exists
+ * once per rounding (the suffix _single), generated from one text. */
+#define TB_DSP_REQ_TFLITE(D, A, M, K, T) \
+    "add " T ", " K ", " A ", asr #31\n\t" "smmlar " D ", " A ", " M ", " T "\n\t"
+#define TB_DSP_REQ_SINGLE(D, A, M, K, T) "smmla " D ", " A ", " M ", " K "\n\t"
+
 /* n >= 0 words of zeros at p (word aligned), eight per STM; n >= 1 words of zeros at each of p,
  * p + gs, p + 2 gs, p + 3 gs (gs in bytes). Assembly in tb_dsp_gemm.c: GCC turns the C loops
  * into memset calls behind alias checks. */

@@ -6,6 +6,7 @@
  * outline in the comment above it; all are checked bit for bit against the plain-C kernels
  * (bench/kernels, tests/test_target_qemu.py). */
 #include "tb_dsp_gemm.h"
+#include "tb_kernels.h"
 
 #if TB_DSP
 #include <string.h>
@@ -20,27 +21,27 @@
  *         w0, w1 = next 2 stream words            (r9, r10: LDRD, channels 0-1)
  *         a[p][i] = SMLAD(xp, wi, a[p][i])        (6 SMLADs, 12 MACs)
  *     for each channel i: M, K, e = next 3 stream words
- *         y_p[i] = SSAT8((SMMLAR(a, M, K + (a < 0 ? -1 : 0))) >> e)   (tb_dsp.h)
+ *         y_p[i] = SSAT8((SMMLAR(a, M, K + (a < 0 ? -1 : 0))) >> e)   (tb_dsp.h; _single:
+ *                  SSAT8(SMMLA(a, M, K) >> e))
  *     y_0 at y, y_1 at y + oc, y_2 at y + oc2; y += 2
  */
 #define TRIO_STEP TB_DSP_SMLAD_3X2_STEP
-#define TRIO_OUT(A, DST)                 \
-    "add r9, r7, " A ", asr #31\n\t"     \
-    "smmlar " A ", " A ", r6, r9\n\t"    \
+#define TRIO_OUT(REQ, A, DST)            \
+    REQ(A, A, "r6", "r7", "r9")          \
     "asr " A ", " A ", r8\n\t"           \
     "ssat " A ", #8, " A "\n\t"          \
     "strb " A ", " DST "\n\t"
-#define TRIO_REQUANT(A2, A1, A0)                  \
+#define TRIO_REQUANT(REQ, A2, A1, A0)             \
     "ldmia r12!, {r6, r7, r8}\n\t" /* M K e */    \
-    TRIO_OUT(A2, "[r10, lr]")                     \
-    TRIO_OUT(A1, "[r10, r11]")                    \
-    TRIO_OUT(A0, "[r10], #1")
-#define TRIO_TAIL                                                                  \
+    TRIO_OUT(REQ, A2, "[r10, lr]")                \
+    TRIO_OUT(REQ, A1, "[r10, r11]")               \
+    TRIO_OUT(REQ, A0, "[r10], #1")
+#define TRIO_TAIL(REQ)                                                             \
     "3:\n\t"                                                                       \
     "ldrd r10, r11, [sp, #8]\n\t"             /* y, oc */                          \
     "ldr lr, [sp, #16]\n\t"                   /* oc2 */                            \
-    TRIO_REQUANT("r2", "r1", "r0")                                                 \
-    TRIO_REQUANT("r5", "r4", "r3")                                                 \
+    TRIO_REQUANT(REQ, "r2", "r1", "r0")                                            \
+    TRIO_REQUANT(REQ, "r5", "r4", "r3")                                            \
     "str r10, [sp, #8]\n\t"                                                        \
     "cmp r8, #0\n\t"                          /* the last duo's e has bit 31 */    \
     "bge 1b\n\t"                                                                   \
@@ -50,39 +51,42 @@
 /* Up to 24 input pairs (k <= 48), no loop: after the first pair (with the biases) the call jumps
  * into a straight run of 23 pair steps at step 24 - pairs (ctx->entry: that offset in bytes; every
  * instruction of a step is 32-bit, 32 bytes a step). */
-__attribute__((naked)) void tb_dsp_gemm_trio_run(const tb_gemm_ctx *ctx)
-{
-    (void)ctx;
 #define TRIO_STEP4 TRIO_STEP TRIO_STEP TRIO_STEP TRIO_STEP
-    __asm volatile(
-        "push {r4-r11, lr}\n\t"
-        "sub sp, sp, #24\n\t"
-        "ldmia r0, {r1, r2, r3, r4, r5, r6, r7}\n\t" /* xs entry ws - y oc oc2 */
-        "adr r9, 5f\n\t"
-        "add r2, r2, r9\n\t"
-        "strd r1, r2, [sp, #0]\n\t"
-        "strd r5, r6, [sp, #8]\n\t"
-        "strd r7, r4, [sp, #16]\n\t"
-        "mov r12, r3\n\t"
-        "1:\n\t"
-        "ldrd r11, lr, [sp, #0]\n\t"
-        "ldmia r12!, {r0, r3, r9, r10}\n\t"
-        "ldmia r11!, {r6, r7, r8}\n\t"
-        "smlad r1, r7, r9, r0\n\t"
-        "smlad r2, r8, r9, r0\n\t"
-        "smlad r0, r6, r9, r0\n\t"
-        "smlad r4, r7, r10, r3\n\t"
-        "smlad r5, r8, r10, r3\n\t"
-        "smlad r3, r6, r10, r3\n\t"
-        "mov pc, lr\n\t"
-        ".p2align 2\n\t"
-        "5:\n\t"
-        TRIO_STEP4 TRIO_STEP4 TRIO_STEP4 TRIO_STEP4 TRIO_STEP4
-        TRIO_STEP TRIO_STEP TRIO_STEP
-        TRIO_TAIL);
-#undef TRIO_STEP4
+#define TRIO_RUN(NAME, REQ)                                                          \
+__attribute__((naked)) void NAME(const tb_gemm_ctx *ctx)                             \
+{                                                                                    \
+    (void)ctx;                                                                       \
+    __asm volatile(                                                                  \
+        "push {r4-r11, lr}\n\t"                                                      \
+        "sub sp, sp, #24\n\t"                                                        \
+        "ldmia r0, {r1, r2, r3, r4, r5, r6, r7}\n\t" /* xs entry ws - y oc oc2 */    \
+        "adr r9, 5f\n\t"                                                             \
+        "add r2, r2, r9\n\t"                                                         \
+        "strd r1, r2, [sp, #0]\n\t"                                                  \
+        "strd r5, r6, [sp, #8]\n\t"                                                  \
+        "strd r7, r4, [sp, #16]\n\t"                                                 \
+        "mov r12, r3\n\t"                                                            \
+        "1:\n\t"                                                                     \
+        "ldrd r11, lr, [sp, #0]\n\t"                                                 \
+        "ldmia r12!, {r0, r3, r9, r10}\n\t"                                          \
+        "ldmia r11!, {r6, r7, r8}\n\t"                                               \
+        "smlad r1, r7, r9, r0\n\t"                                                   \
+        "smlad r2, r8, r9, r0\n\t"                                                   \
+        "smlad r0, r6, r9, r0\n\t"                                                   \
+        "smlad r4, r7, r10, r3\n\t"                                                  \
+        "smlad r5, r8, r10, r3\n\t"                                                  \
+        "smlad r3, r6, r10, r3\n\t"                                                  \
+        "mov pc, lr\n\t"                                                             \
+        ".p2align 2\n\t"                                                             \
+        "5:\n\t"                                                                     \
+        TRIO_STEP4 TRIO_STEP4 TRIO_STEP4 TRIO_STEP4 TRIO_STEP4                       \
+        TRIO_STEP TRIO_STEP TRIO_STEP                                                \
+        TRIO_TAIL(REQ));                                                             \
 }
-
+TRIO_RUN(tb_dsp_gemm_trio_run, TB_DSP_REQ_TFLITE)
+TRIO_RUN(tb_dsp_gemm_trio_run_single, TB_DSP_REQ_SINGLE)
+#undef TRIO_STEP4
+#undef TRIO_RUN
 #undef TRIO_STEP
 #undef TRIO_OUT
 #undef TRIO_REQUANT
@@ -133,9 +137,6 @@ __attribute__((naked)) void tb_dsp_trio_expand(const int8_t *x, int32_t k, int32
  *         for p: a[p] = SMLAD(xs even of p, we, SMLAD(xs odd of p, wo, a[p]))  (LDM 2 x 4)
  *     y_p = SSAT8(...) as in the trio, at y + p oc (p = 0..3); y += 1
  */
-__attribute__((naked)) void tb_dsp_gemm_quad(const tb_gemm_quad_ctx *ctx)
-{
-    (void)ctx;
 #define QUAD_STEP                         \
     "ldr lr, [r11], #4\n\t"               \
     "sxtb16 r8, lr\n\t"                   \
@@ -150,71 +151,77 @@ __attribute__((naked)) void tb_dsp_gemm_quad(const tb_gemm_quad_ctx *ctx)
     "smlad r2, r5, r9, r2\n\t"            \
     "smlad r3, r6, r8, r3\n\t"            \
     "smlad r3, r7, r9, r3\n\t"
-#define QUAD_OUT(A, DST)                  \
-    "add r4, r6, " A ", asr #31\n\t"      \
-    "smmlar " A ", " A ", r5, r4\n\t"     \
+#define QUAD_OUT(REQ, A, DST)             \
+    REQ(A, A, "r5", "r6", "r4")           \
     "asr " A ", " A ", r7\n\t"            \
     "ssat " A ", #8, " A "\n\t"           \
     "strb " A ", " DST "\n\t"
-    /* frame: 0 xs, 4 xend, 8 y, 12 oc, 16 oc2, 20 oc3, 24 rq cursor, 28 wend */
-    __asm volatile(
-        "push {r4-r11, lr}\n\t"
-        "sub sp, sp, #32\n\t"
-        "ldmia r0, {r1, r2, r3, r4, r5, r6, r7, r8}\n\t" /* xs xend w wend rq y oc pad */
-        "strd r1, r2, [sp, #0]\n\t"
-        "str r6, [sp, #8]\n\t"
-        "str r7, [sp, #12]\n\t"
-        "add r8, r7, r7\n\t"
-        "str r8, [sp, #16]\n\t"
-        "add r8, r8, r7\n\t"
-        "str r8, [sp, #20]\n\t"
-        "str r5, [sp, #24]\n\t"
-        "str r4, [sp, #28]\n\t"
-        "mov r11, r3\n\t"
-        "ldr r3, [r5]\n\t"                         /* first bias */
-        "1:\n\t"
-        "ldrd r10, r12, [sp, #0]\n\t"
-        "ldr lr, [r11], #4\n\t"
-        "sxtb16 r8, lr\n\t"
-        "sxtb16 r9, lr, ror #8\n\t"
-        "ldmia r10!, {r4, r5, r6, r7}\n\t"
-        "smlad r0, r4, r8, r3\n\t"
-        "smlad r0, r5, r9, r0\n\t"
-        "smlad r1, r6, r8, r3\n\t"
-        "smlad r1, r7, r9, r1\n\t"
-        "ldmia r10!, {r4, r5, r6, r7}\n\t"
-        "smlad r2, r4, r8, r3\n\t"
-        "smlad r2, r5, r9, r2\n\t"
-        "smlad r3, r6, r8, r3\n\t"
-        "smlad r3, r7, r9, r3\n\t"
-        QUAD_STEP
-        "cmp r10, r12\n\t"
-        "beq 3f\n\t"
-        "2:\n\t"
-        QUAD_STEP
-        QUAD_STEP
-        "cmp r10, r12\n\t"
-        "bne 2b\n\t"
-        "3:\n\t"
-        "ldr r12, [sp, #24]\n\t"
-        "ldmia r12!, {r4, r5, r6, r7}\n\t"        /* bias (unused) M K e */
-        "ldrd r8, r9, [sp, #8]\n\t"               /* y, oc */
-        "ldrd r10, lr, [sp, #16]\n\t"             /* oc2, oc3 */
-        QUAD_OUT("r3", "[r8, lr]")
-        QUAD_OUT("r2", "[r8, r10]")
-        QUAD_OUT("r1", "[r8, r9]")
-        QUAD_OUT("r0", "[r8], #1")
-        "str r8, [sp, #8]\n\t"
-        "str r12, [sp, #24]\n\t"
-        "ldr r3, [r12]\n\t"                        /* next bias (the table has one spare) */
-        "ldr r0, [sp, #28]\n\t"
-        "cmp r11, r0\n\t"
-        "bne 1b\n\t"
-        "add sp, sp, #32\n\t"
-        "pop {r4-r11, pc}\n\t");
+#define QUAD_FN(NAME, REQ)                                                           \
+__attribute__((naked)) void NAME(const tb_gemm_quad_ctx *ctx)                        \
+{                                                                                    \
+    (void)ctx;                                                                       \
+    /* frame: 0 xs, 4 xend, 8 y, 12 oc, 16 oc2, 20 oc3, 24 rq cursor, 28 wend */     \
+    __asm volatile(                                                                  \
+        "push {r4-r11, lr}\n\t"                                                      \
+        "sub sp, sp, #32\n\t"                                                        \
+        "ldmia r0, {r1, r2, r3, r4, r5, r6, r7, r8}\n\t" /* xs xend w wend rq y oc pad */ \
+        "strd r1, r2, [sp, #0]\n\t"                                                  \
+        "str r6, [sp, #8]\n\t"                                                       \
+        "str r7, [sp, #12]\n\t"                                                      \
+        "add r8, r7, r7\n\t"                                                         \
+        "str r8, [sp, #16]\n\t"                                                      \
+        "add r8, r8, r7\n\t"                                                         \
+        "str r8, [sp, #20]\n\t"                                                      \
+        "str r5, [sp, #24]\n\t"                                                      \
+        "str r4, [sp, #28]\n\t"                                                      \
+        "mov r11, r3\n\t"                                                            \
+        "ldr r3, [r5]\n\t"                         /* first bias */                  \
+        "1:\n\t"                                                                     \
+        "ldrd r10, r12, [sp, #0]\n\t"                                                \
+        "ldr lr, [r11], #4\n\t"                                                      \
+        "sxtb16 r8, lr\n\t"                                                          \
+        "sxtb16 r9, lr, ror #8\n\t"                                                  \
+        "ldmia r10!, {r4, r5, r6, r7}\n\t"                                           \
+        "smlad r0, r4, r8, r3\n\t"                                                   \
+        "smlad r0, r5, r9, r0\n\t"                                                   \
+        "smlad r1, r6, r8, r3\n\t"                                                   \
+        "smlad r1, r7, r9, r1\n\t"                                                   \
+        "ldmia r10!, {r4, r5, r6, r7}\n\t"                                           \
+        "smlad r2, r4, r8, r3\n\t"                                                   \
+        "smlad r2, r5, r9, r2\n\t"                                                   \
+        "smlad r3, r6, r8, r3\n\t"                                                   \
+        "smlad r3, r7, r9, r3\n\t"                                                   \
+        QUAD_STEP                                                                    \
+        "cmp r10, r12\n\t"                                                           \
+        "beq 3f\n\t"                                                                 \
+        "2:\n\t"                                                                     \
+        QUAD_STEP                                                                    \
+        QUAD_STEP                                                                    \
+        "cmp r10, r12\n\t"                                                           \
+        "bne 2b\n\t"                                                                 \
+        "3:\n\t"                                                                     \
+        "ldr r12, [sp, #24]\n\t"                                                     \
+        "ldmia r12!, {r4, r5, r6, r7}\n\t"        /* bias (unused) M K e */          \
+        "ldrd r8, r9, [sp, #8]\n\t"               /* y, oc */                        \
+        "ldrd r10, lr, [sp, #16]\n\t"             /* oc2, oc3 */                     \
+        QUAD_OUT(REQ, "r3", "[r8, lr]")                                              \
+        QUAD_OUT(REQ, "r2", "[r8, r10]")                                             \
+        QUAD_OUT(REQ, "r1", "[r8, r9]")                                              \
+        QUAD_OUT(REQ, "r0", "[r8], #1")                                              \
+        "str r8, [sp, #8]\n\t"                                                       \
+        "str r12, [sp, #24]\n\t"                                                     \
+        "ldr r3, [r12]\n\t"                        /* next bias (the table has one spare) */ \
+        "ldr r0, [sp, #28]\n\t"                                                      \
+        "cmp r11, r0\n\t"                                                            \
+        "bne 1b\n\t"                                                                 \
+        "add sp, sp, #32\n\t"                                                        \
+        "pop {r4-r11, pc}\n\t");                                                     \
+}
+QUAD_FN(tb_dsp_gemm_quad, TB_DSP_REQ_TFLITE)
+QUAD_FN(tb_dsp_gemm_quad_single, TB_DSP_REQ_SINGLE)
+#undef QUAD_FN
 #undef QUAD_STEP
 #undef QUAD_OUT
-}
 
 /* ---------------------------------------------------------------- solo: rows of 8, 1 position
  *
@@ -222,54 +229,57 @@ __attribute__((naked)) void tb_dsp_gemm_quad(const tb_gemm_quad_ctx *ctx)
  * each channel is one LDM of its stream entry {4 weight words (doubled), 2 bias, M, K, e}, four
  * SMLADs and the requantization. Channels two at a time until an exponent word with bit 31; then
  * the next position (y += yskip). */
-__attribute__((naked)) void tb_dsp_gemm_solo8(const tb_gemm_solo_ctx *ctx)
-{
-    (void)ctx;
-#define SOLO_CH                                       \
+#define SOLO_CH(REQ)                                      \
     "ldmia r12!, {r4, r5, r6, r7, r8, r9, r10, r11}\n\t" \
     "smlad r8, r0, r4, r8\n\t"                        \
     "smlad r8, r1, r5, r8\n\t"                        \
     "smlad r8, r2, r6, r8\n\t"                        \
     "smlad r8, r3, r7, r8\n\t"                        \
-    "add r4, r10, r8, asr #31\n\t"                    \
-    "smmlar r8, r8, r9, r4\n\t"                       \
+    REQ("r8", "r8", "r9", "r10", "r4")                \
     "asr r8, r8, r11\n\t"                             \
     "ssat r8, #8, r8\n\t"                             \
     "strb r8, [lr], #1\n\t"
-    /* frame: 0 x, 4 xend, 8 stream, 12 off2, 16 yskip */
-    __asm volatile(
-        "push {r4-r11, lr}\n\t"
-        "sub sp, sp, #24\n\t"
-        "ldmia r0, {r1, r2, r3, r4, r5, r6}\n\t"  /* x xend ws y off2 yskip */
-        "strd r1, r2, [sp, #0]\n\t"
-        "str r3, [sp, #8]\n\t"
-        "strd r5, r6, [sp, #12]\n\t"
-        "mov lr, r4\n\t"
-        "1:\n\t"
-        "ldr r4, [sp, #0]\n\t"
-        "ldr r5, [r4], #4\n\t"
-        "ldr r6, [r4], #4\n\t"
-        "str r4, [sp, #0]\n\t"
-        "ldr r7, [sp, #12]\n\t"
-        "sxtab16 r0, r7, r5\n\t"
-        "sxtab16 r1, r7, r5, ror #8\n\t"
-        "sxtab16 r2, r7, r6\n\t"
-        "sxtab16 r3, r7, r6, ror #8\n\t"
-        "ldr r12, [sp, #8]\n\t"
-        "2:\n\t"
-        SOLO_CH
-        SOLO_CH
-        "cmp r11, #0\n\t"
-        "bge 2b\n\t"
-        "ldr r4, [sp, #16]\n\t"
-        "add lr, lr, r4\n\t"
-        "ldrd r4, r5, [sp, #0]\n\t"
-        "cmp r4, r5\n\t"
-        "bne 1b\n\t"
-        "add sp, sp, #24\n\t"
-        "pop {r4-r11, pc}\n\t");
-#undef SOLO_CH
+#define SOLO8_FN(NAME, REQ)                                                          \
+__attribute__((naked)) void NAME(const tb_gemm_solo_ctx *ctx)                        \
+{                                                                                    \
+    (void)ctx;                                                                       \
+    /* frame: 0 x, 4 xend, 8 stream, 12 off2, 16 yskip */                            \
+    __asm volatile(                                                                  \
+        "push {r4-r11, lr}\n\t"                                                      \
+        "sub sp, sp, #24\n\t"                                                        \
+        "ldmia r0, {r1, r2, r3, r4, r5, r6}\n\t"  /* x xend ws y off2 yskip */       \
+        "strd r1, r2, [sp, #0]\n\t"                                                  \
+        "str r3, [sp, #8]\n\t"                                                       \
+        "strd r5, r6, [sp, #12]\n\t"                                                 \
+        "mov lr, r4\n\t"                                                             \
+        "1:\n\t"                                                                     \
+        "ldr r4, [sp, #0]\n\t"                                                       \
+        "ldr r5, [r4], #4\n\t"                                                       \
+        "ldr r6, [r4], #4\n\t"                                                       \
+        "str r4, [sp, #0]\n\t"                                                       \
+        "ldr r7, [sp, #12]\n\t"                                                      \
+        "sxtab16 r0, r7, r5\n\t"                                                     \
+        "sxtab16 r1, r7, r5, ror #8\n\t"                                             \
+        "sxtab16 r2, r7, r6\n\t"                                                     \
+        "sxtab16 r3, r7, r6, ror #8\n\t"                                             \
+        "ldr r12, [sp, #8]\n\t"                                                      \
+        "2:\n\t"                                                                     \
+        SOLO_CH(REQ)                                                                 \
+        SOLO_CH(REQ)                                                                 \
+        "cmp r11, #0\n\t"                                                            \
+        "bge 2b\n\t"                                                                 \
+        "ldr r4, [sp, #16]\n\t"                                                      \
+        "add lr, lr, r4\n\t"                                                         \
+        "ldrd r4, r5, [sp, #0]\n\t"                                                  \
+        "cmp r4, r5\n\t"                                                             \
+        "bne 1b\n\t"                                                                 \
+        "add sp, sp, #24\n\t"                                                        \
+        "pop {r4-r11, pc}\n\t");                                                     \
 }
+SOLO8_FN(tb_dsp_gemm_solo8, TB_DSP_REQ_TFLITE)
+SOLO8_FN(tb_dsp_gemm_solo8_single, TB_DSP_REQ_SINGLE)
+#undef SOLO8_FN
+#undef SOLO_CH
 
 void tb_dsp_solo8_stream(const int8_t *w, int32_t c0, int32_t c1, const int32_t *bias,
                          const int32_t *mult, const int32_t *shift, int32_t output_offset,
@@ -315,9 +325,8 @@ void tb_dsp_solo8_stream(const int8_t *w, int32_t c0, int32_t c1, const int32_t 
     "smlad r4, r7, r11, r4\n\t"           \
     "smlad r5, r8, r10, r5\n\t"           \
     "smlad r5, r9, r11, r5\n\t"
-#define HEXA_OUT(A, DST)                  \
-    "add r12, r7, " A ", asr #31\n\t"     \
-    "smmlar " A ", " A ", r6, r12\n\t"    \
+#define HEXA_OUT(REQ, A, DST)             \
+    REQ(A, A, "r6", "r7", "r12")          \
     "asr " A ", " A ", r8\n\t"            \
     "ssat " A ", #8, " A "\n\t"           \
     "strb " A ", " DST "\n\t"
@@ -361,7 +370,7 @@ void tb_dsp_solo8_stream(const int8_t *w, int32_t c0, int32_t c1, const int32_t 
         "smlad r4, r7, r11, r4\n\t" \
         "smlad r5, r8, r10, r5\n\t" \
         "smlad r5, r9, r11, r5\n\t"
-#define HEXA_TAIL \
+#define HEXA_TAIL(REQ) \
  \
         "3:\n\t" \
         "ldr r9, [sp, #24]\n\t"                    /* -> M of this channel */ \
@@ -370,14 +379,14 @@ void tb_dsp_solo8_stream(const int8_t *w, int32_t c0, int32_t c1, const int32_t 
         "str r10, [sp, #32]\n\t" \
         "ldr r9, [sp, #8]\n\t"                     /* y p0 */ \
         "ldrd r10, r11, [sp, #12]\n\t"             /* oc, 2 oc */ \
-        HEXA_OUT("r2", "[r9, r11]") \
-        HEXA_OUT("r1", "[r9, r10]") \
-        HEXA_OUT("r0", "[r9], #1") \
+        HEXA_OUT(REQ, "r2", "[r9, r11]") \
+        HEXA_OUT(REQ, "r1", "[r9, r10]") \
+        HEXA_OUT(REQ, "r0", "[r9], #1") \
         "str r9, [sp, #8]\n\t" \
         "ldr r9, [sp, #20]\n\t"                    /* y p3 */ \
-        HEXA_OUT("r5", "[r9, r11]") \
-        HEXA_OUT("r4", "[r9, r10]") \
-        HEXA_OUT("r3", "[r9], #1") \
+        HEXA_OUT(REQ, "r5", "[r9, r11]") \
+        HEXA_OUT(REQ, "r4", "[r9, r10]") \
+        HEXA_OUT(REQ, "r3", "[r9], #1") \
         "str r9, [sp, #20]\n\t" \
         "ldr r0, [sp, #28]\n\t" \
         "cmp lr, r0\n\t" \
@@ -386,39 +395,47 @@ void tb_dsp_solo8_stream(const int8_t *w, int32_t c0, int32_t c1, const int32_t 
         "pop {r4-r11, pc}\n\t"
 
 /* k / 4 groups, even: the first two, then two at a time */
-__attribute__((naked)) void tb_dsp_gemm_hexa(const tb_gemm_quad_ctx *ctx)
-{
-    (void)ctx;
-    __asm volatile(HEXA_HEAD
-        HEXA_STEP
-        "ldr r6, [sp, #4]\n\t"
-        "cmp r12, r6\n\t"
-        "beq 3f\n\t"
-        "2:\n\t"
-        HEXA_STEP
-        HEXA_STEP
-        "ldr r6, [sp, #4]\n\t"
-        "cmp r12, r6\n\t"
-        "bne 2b\n\t"
-        HEXA_TAIL);
+#define HEXA_FN(NAME, REQ)                                                           \
+__attribute__((naked)) void NAME(const tb_gemm_quad_ctx *ctx)                        \
+{                                                                                    \
+    (void)ctx;                                                                       \
+    __asm volatile(HEXA_HEAD                                                         \
+        HEXA_STEP                                                                    \
+        "ldr r6, [sp, #4]\n\t"                                                       \
+        "cmp r12, r6\n\t"                                                            \
+        "beq 3f\n\t"                                                                 \
+        "2:\n\t"                                                                     \
+        HEXA_STEP                                                                    \
+        HEXA_STEP                                                                    \
+        "ldr r6, [sp, #4]\n\t"                                                       \
+        "cmp r12, r6\n\t"                                                            \
+        "bne 2b\n\t"                                                                 \
+        HEXA_TAIL(REQ));                                                             \
 }
+HEXA_FN(tb_dsp_gemm_hexa, TB_DSP_REQ_TFLITE)
+HEXA_FN(tb_dsp_gemm_hexa_single, TB_DSP_REQ_SINGLE)
+#undef HEXA_FN
 
 /* k / 4 groups, a multiple of 4 (k a multiple of 16): the first four, then four at a time */
-__attribute__((naked)) void tb_dsp_gemm_hexa4(const tb_gemm_quad_ctx *ctx)
-{
-    (void)ctx;
-    __asm volatile(HEXA_HEAD
-        HEXA_STEP HEXA_STEP HEXA_STEP
-        "ldr r6, [sp, #4]\n\t"
-        "cmp r12, r6\n\t"
-        "beq 3f\n\t"
-        "2:\n\t"
-        HEXA_STEP HEXA_STEP HEXA_STEP HEXA_STEP
-        "ldr r6, [sp, #4]\n\t"
-        "cmp r12, r6\n\t"
-        "bne 2b\n\t"
-        HEXA_TAIL);
+#define HEXA4_FN(NAME, REQ)                                                          \
+__attribute__((naked)) void NAME(const tb_gemm_quad_ctx *ctx)                        \
+{                                                                                    \
+    (void)ctx;                                                                       \
+    __asm volatile(HEXA_HEAD                                                         \
+        HEXA_STEP HEXA_STEP HEXA_STEP                                                \
+        "ldr r6, [sp, #4]\n\t"                                                       \
+        "cmp r12, r6\n\t"                                                            \
+        "beq 3f\n\t"                                                                 \
+        "2:\n\t"                                                                     \
+        HEXA_STEP HEXA_STEP HEXA_STEP HEXA_STEP                                      \
+        "ldr r6, [sp, #4]\n\t"                                                       \
+        "cmp r12, r6\n\t"                                                            \
+        "bne 2b\n\t"                                                                 \
+        HEXA_TAIL(REQ));                                                             \
 }
+HEXA4_FN(tb_dsp_gemm_hexa4, TB_DSP_REQ_TFLITE)
+HEXA4_FN(tb_dsp_gemm_hexa4_single, TB_DSP_REQ_SINGLE)
+#undef HEXA4_FN
 #undef HEXA_STEP
 #undef HEXA_OUT
 #undef HEXA_HEAD
@@ -567,7 +584,7 @@ void tb_dsp_gemm_zero(int32_t k, int32_t p, int32_t *xs)
 }
 
 void tb_dsp_gemm_run(const int32_t *xs, int32_t k, const int32_t *ws, int32_t n, int8_t *y0,
-                     int8_t *y1, int8_t *y2)
+                     int8_t *y1, int8_t *y2, void (*trio)(const tb_gemm_ctx *))
 {
     const int32_t k4 = tb_gemm_k4(k), dw = tb_gemm_duo_words(k4);
     const int32_t full = n / 2;
@@ -581,7 +598,7 @@ void tb_dsp_gemm_run(const int32_t *xs, int32_t k, const int32_t *ws, int32_t n,
     if (full) {
         ctx.ws = ws;
         ctx.y = y0;
-        tb_dsp_gemm_trio_run(&ctx);
+        trio(&ctx);
     }
     if (n & 1) {
         int8_t last[8];
@@ -589,7 +606,7 @@ void tb_dsp_gemm_run(const int32_t *xs, int32_t k, const int32_t *ws, int32_t n,
         ctx.y = last;
         ctx.oc = 2;
         ctx.oc2 = 4;
-        tb_dsp_gemm_trio_run(&ctx);
+        trio(&ctx);
         y0[n - 1] = last[0];
         if (y1) y1[n - 1] = last[2];
         if (y2) y2[n - 1] = last[4];
@@ -624,6 +641,16 @@ void tb_dsp_quad_zero(int32_t k, int32_t p, int32_t *xs)
 {
     int32_t *d = xs + 2 * p;
     for (int32_t j = 0; j < k / 4; j++, d += 8) d[0] = d[1] = 0;
+}
+
+const tb_gemm_routines *tb_gemm_routines_for(int32_t rounding)
+{
+    static const tb_gemm_routines tflite = {tb_dsp_gemm_trio_run, tb_dsp_gemm_quad, tb_dsp_gemm_hexa,
+                                            tb_dsp_gemm_hexa4, tb_dsp_gemm_solo8};
+    static const tb_gemm_routines single = {tb_dsp_gemm_trio_run_single, tb_dsp_gemm_quad_single,
+                                            tb_dsp_gemm_hexa_single, tb_dsp_gemm_hexa4_single,
+                                            tb_dsp_gemm_solo8_single};
+    return rounding == TB_ROUND_SINGLE ? &single : &tflite;
 }
 
 void tb_dsp_clamp_s8(int8_t *y, int32_t n, int32_t lo, int32_t hi)

@@ -71,8 +71,10 @@ typedef struct {
 
 /* Runs duos from ws for three positions up to the first duo whose last exponent word has bit 31
  * (tb_dsp_gemm_weights sets it), k4 <= 48 (assembly: tb_dsp_gemm.c). Outputs are saturated to
- * int8, not clamped to a narrower activation range (tb_dsp_clamp_s8 does that afterwards). */
+ * int8, not clamped to a narrower activation range (tb_dsp_clamp_s8 does that afterwards).
+ * Every assembly routine has a _single twin that rounds once (TB_ROUND_SINGLE). */
 void tb_dsp_gemm_trio_run(const tb_gemm_ctx *ctx);
+void tb_dsp_gemm_trio_run_single(const tb_gemm_ctx *ctx);
 
 static inline int32_t tb_gemm_trio_entry(int32_t k)
 {
@@ -100,7 +102,7 @@ void tb_dsp_gemm_zero(int32_t k, int32_t p, int32_t *xs);
  * the full duos in place, an odd last channel through a small buffer. y1, y2: NULL for a
  * missing position. */
 void tb_dsp_gemm_run(const int32_t *xs, int32_t k, const int32_t *ws, int32_t n, int8_t *y0,
-                     int8_t *y1, int8_t *y2);
+                     int8_t *y1, int8_t *y2, void (*trio)(const tb_gemm_ctx *));
 
 typedef struct {
     const int32_t *xs;   /* for each group of 4 inputs: [p0 even, p0 odd, p1 even, ... p3 odd] */
@@ -115,10 +117,13 @@ typedef struct {
 
 /* k / 4 must be even and at least 2 (assembly: tb_dsp_gemm.c) */
 void tb_dsp_gemm_quad(const tb_gemm_quad_ctx *ctx);
+void tb_dsp_gemm_quad_single(const tb_gemm_quad_ctx *ctx);
 /* six positions x one channel, same context (xend = xs + 3 k; y the first position's, positions
  * oc apart) (assembly) */
 void tb_dsp_gemm_hexa(const tb_gemm_quad_ctx *ctx);
+void tb_dsp_gemm_hexa_single(const tb_gemm_quad_ctx *ctx);
 void tb_dsp_gemm_hexa4(const tb_gemm_quad_ctx *ctx); /* k a multiple of 16 */
+void tb_dsp_gemm_hexa4_single(const tb_gemm_quad_ctx *ctx);
 void tb_dsp_hexa_expand6(const int8_t *x, int32_t k, int32_t off2, int32_t *xs);
 /* four consecutive positions (rows of k int8, k a multiple of 8), doubled (assembly) */
 void tb_dsp_quad_expand4(const int8_t *x, int32_t k, int32_t off2, int32_t *xs);
@@ -138,9 +143,21 @@ typedef struct {
 
 /* k = 8: one position at a time, the input in registers; an even number of channels (assembly) */
 void tb_dsp_gemm_solo8(const tb_gemm_solo_ctx *ctx);
+void tb_dsp_gemm_solo8_single(const tb_gemm_solo_ctx *ctx);
 void tb_dsp_solo8_stream(const int8_t *w, int32_t c0, int32_t c1, const int32_t *bias,
                          const int32_t *mult, const int32_t *shift, int32_t output_offset,
                          int32_t *ws);
+
+/* The assembly routines of one tb_rounding. */
+typedef struct {
+    void (*trio)(const tb_gemm_ctx *);
+    void (*quad)(const tb_gemm_quad_ctx *);
+    void (*hexa)(const tb_gemm_quad_ctx *);
+    void (*hexa4)(const tb_gemm_quad_ctx *);
+    void (*solo8)(const tb_gemm_solo_ctx *);
+} tb_gemm_routines;
+
+const tb_gemm_routines *tb_gemm_routines_for(int32_t rounding);
 
 /* y[i] = clamp(y[i], lo, hi) over n bytes, 4 at a time (after the saturating core). */
 void tb_dsp_clamp_s8(int8_t *y, int32_t n, int32_t lo, int32_t hi);
