@@ -120,6 +120,63 @@ def test_pointwise_bitexact(seed):
     np.testing.assert_array_equal(got, want)
 
 
+def dead_channels(rng, w, w_scales, bias, fan_in, channel_axis):
+    """Channels like the zoo models' dead ones, outside the DSP paths' fast requantization range
+    (tb_dsp.h): all-zero weights with a tiny scale (shift -29) and a bias near 2^31, random weights
+    with a tiny scale and a large bias, a bias alone past the range, a multiplier over 0.5 (shift
+    >= 0). Each sum stays inside int32 (TFLite's accumulator)."""
+    n = w_scales.size
+    dead = rng.choice(n, size=min(4, n), replace=False)
+    headroom = fan_in * 128 * 255
+    kinds = [(0.0, 3.9e-9, 2 ** 31 - 1 - headroom), (None, 5e-8, 2 ** 30), (None, None, 2 ** 29), (None, 30.0, 100)]
+    for c, (weight, scale, b) in zip(dead, kinds):
+        if weight is not None:
+            np.moveaxis(w, channel_axis, 0)[c] = 0
+        if scale is not None:
+            w_scales[c] = scale
+        bias[c] = b * (1 if rng.random() < 0.5 else -1)
+    return sorted(int(c) for c in dead)
+
+
+@pytest.mark.parametrize("case", ["conv2d_rgb_3x3_s2", "conv2d_3x3_k72", "depthwise_3x3", "depthwise_5x5",
+                                  "depthwise_7x7_s2", "pointwise_k8", "pointwise_k16", "pointwise_k96"])
+def test_dead_channels_bitexact(case):
+    """The DSP paths run such channels with stand-ins and recompute them by the plain path."""
+    rng = np.random.default_rng(sum(map(ord, case)))
+    kind = case.split("_")[0]
+    act = ACTS[int(rng.integers(0, 3))]
+    x_q = rand_quant(rng)
+    if kind == "depthwise":
+        k, s, ci = int(case[10]), 2 if case.endswith("s2") else 1, 22
+        x = rng.integers(-128, 128, (9, 10, ci), dtype=np.int8)
+        w = rng.integers(-127, 128, (k, k, ci), dtype=np.int8)
+        co, fan_in, axis = ci, k * k, 2
+    else:
+        k, s = (3, 2 if case.endswith("s2") else 1) if kind == "conv2d" else (1, 1)
+        ci = {"conv2d_rgb_3x3_s2": 3, "conv2d_3x3_k72": 8}.get(case) or int(case.split("_k")[1])
+        x = rng.integers(-128, 128, (7, 9, ci), dtype=np.int8)
+        co = 20
+        w = rng.integers(-127, 128, (co, k, k, ci), dtype=np.int8)
+        fan_in, axis = k * k * ci, 0
+    w_scales = rng.uniform(0.001, 0.05, co).astype(np.float32)
+    bias = rng.integers(-3000, 3000, co, dtype=np.int32)
+    y_q = output_quant(rng, x_q[0], w_scales, fan_in, act)
+    dead = dead_channels(rng, w, w_scales, bias, fan_in, axis)
+    a = kernel_args(x_q, w_scales, y_q, act)
+    mult, shift = a.pop("mult"), a.pop("shift")
+    assert min(shift[c] for c in dead) < -22 and max(shift[c] for c in dead) >= 0
+    if kind == "depthwise":
+        got = kernels.depthwise_conv2d(x, w, bias, mult, shift, stride=s, padding="same", **a)
+        want = tflm.depthwise_conv2d(x, w, bias, x_q, w_scales, y_q, s, "same", act, got.shape[:2])
+    elif kind == "conv2d":
+        got = kernels.conv2d(x, w, bias, mult, shift, stride=s, padding="same", **a)
+        want = tflm.conv2d(x, w, bias, x_q, w_scales, y_q, s, "same", act, got.shape[:2])
+    else:
+        got = kernels.pointwise_conv(x, w[:, 0, 0, :], bias, mult, shift, **a)
+        want = tflm.conv2d(x, w, bias, x_q, w_scales, y_q, 1, "same", act, x.shape[:2])
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("seed", range(6))
 def test_fully_connected_bitexact(seed, per_channel):

@@ -683,6 +683,18 @@ __attribute__((naked)) void tb_dsp_zero4(int32_t *p, int32_t gs, int32_t n)
         "bx lr\n\t");
 }
 
+int tb_dsp_fill_stand_ins(const int32_t *bias, const int32_t *shift, int32_t n, int32_t fan_in,
+                          tb_dsp_stand_ins *s)
+{
+    if (n > TB_DSP_MAX_STAND_INS || !tb_dsp_bias_ok(NULL, 0, fan_in)) return 0;
+    for (int32_t c = 0; c < n; c++) {
+        const int ok = tb_dsp_channel_ok(bias, shift, c, fan_in);
+        s->bias[c] = ok && bias ? bias[c] : 0;
+        s->shift[c] = ok ? shift[c] : -1;
+    }
+    return 1;
+}
+
 #else
 typedef int tb_dsp_gemm_unused; /* an empty translation unit is not ISO C */
 #endif
