@@ -120,18 +120,21 @@ def test_pointwise_bitexact(seed):
     np.testing.assert_array_equal(got, want)
 
 
-def dead_channels(rng, w, w_scales, bias, fan_in, channel_axis):
-    """Channels like the zoo models' dead ones, outside the DSP paths' fast requantization range
-    (tb_dsp.h): all-zero weights with a tiny scale (shift -29) and a bias near 2^31, random weights
-    with a tiny scale and a large bias, a bias alone past the range, a multiplier over 0.5 (shift
-    >= 0). Each sum stays inside int32 (TFLite's accumulator)."""
+def dead_channels(rng, w, w_scales, bias, fan_in, channel_axis, x_scale, y_scale):
+    """Channels outside the DSP paths' fast requantization range (tb_dsp.h), like the zoo models'
+    dead ones: all-zero weights with a tiny scale (shift -29) and a bias near 2^31, random weights
+    with a tiny scale and a large bias, a bias alone past the range (these three have one output
+    value whatever the input); and small weights with a multiplier over 0.5 (shift 0: outputs that
+    vary). Each sum stays inside int32 (TFLite's accumulator)."""
     n = w_scales.size
     dead = rng.choice(n, size=min(4, n), replace=False)
     headroom = fan_in * 128 * 255
-    kinds = [(0.0, 3.9e-9, 2 ** 31 - 1 - headroom), (None, 5e-8, 2 ** 30), (None, None, 2 ** 29), (None, 30.0, 100)]
+    weights = np.moveaxis(w, channel_axis, 0)
+    kinds = [(0, 3.9e-9, 2 ** 31 - 1 - headroom), (None, 5e-8, 2 ** 30), (None, None, 2 ** 29),
+             (2, 0.6 * y_scale / x_scale, 100)]
     for c, (weight, scale, b) in zip(dead, kinds):
         if weight is not None:
-            np.moveaxis(w, channel_axis, 0)[c] = 0
+            weights[c] = rng.integers(-weight, weight + 1, weights[c].shape)
         if scale is not None:
             w_scales[c] = scale
         bias[c] = b * (1 if rng.random() < 0.5 else -1)
@@ -161,7 +164,7 @@ def test_dead_channels_bitexact(case):
     w_scales = rng.uniform(0.001, 0.05, co).astype(np.float32)
     bias = rng.integers(-3000, 3000, co, dtype=np.int32)
     y_q = output_quant(rng, x_q[0], w_scales, fan_in, act)
-    dead = dead_channels(rng, w, w_scales, bias, fan_in, axis)
+    dead = dead_channels(rng, w, w_scales, bias, fan_in, axis, x_q[0], y_q[0])
     a = kernel_args(x_q, w_scales, y_q, act)
     mult, shift = a.pop("mult"), a.pop("shift")
     assert min(shift[c] for c in dead) < -22 and max(shift[c] for c in dead) >= 0

@@ -170,8 +170,11 @@ static int conv2d_dsp_stand_ins(const tb_conv_params *p, tb_shape in, const int8
     tb_dsp_stand_ins s;
     if (!tb_dsp_fill_stand_ins(bias, shift, out.c, conv_k(p, in), &s)) return 0;
     conv2d_dsp_clamped(p, in, x, out, w, bias ? s.bias : NULL, mult, s.shift, y, scratch);
+    const int32_t k = conv_k(p, in);
     for (int32_t c = 0; c < out.c; c++)
-        if (!tb_dsp_channel_ok(bias, shift, c, conv_k(p, in)))
+        if (!tb_dsp_channel_ok(bias, shift, c, k) &&
+            !tb_dsp_constant_channel(p, w + c * k, k, 1, bias ? bias[c] : 0, mult[c], shift[c], y + c,
+                                     out.h * out.w, out.c))
             conv2d_plain(p, in, x, out, w, bias, mult, shift, y, c, c + 1);
     return 1;
 }

@@ -1063,7 +1063,9 @@ static int depthwise_dsp_stand_ins(const tb_conv_params *p, tb_shape in, const i
         !depthwise_dsp(p, in, x, out, w, bias ? s.bias : NULL, mult, s.shift, y))
         return 0;
     for (int32_t c = 0; c < in.c; c++)
-        if (!tb_dsp_channel_ok(bias, shift, c, fan_in))
+        if (!tb_dsp_channel_ok(bias, shift, c, fan_in) &&
+            !tb_dsp_constant_channel(p, w + c, fan_in, in.c, bias ? bias[c] : 0, mult[c], shift[c],
+                                     y + c, out.h * out.w, out.c))
             depthwise_plain(p, in, x, out, w, bias, mult, shift, y, c, c + 1);
     return 1;
 }

@@ -163,7 +163,9 @@ static int pointwise_dsp_stand_ins(const tb_conv_params *p, tb_shape in, const i
     if (!tb_dsp_fill_stand_ins(bias, shift, out.c, in.c, &s)) return 0;
     pointwise_dsp(p, in, x, out, w, bias ? s.bias : NULL, mult, s.shift, y, scratch);
     for (int32_t c = 0; c < out.c; c++)
-        if (!tb_dsp_channel_ok(bias, shift, c, in.c))
+        if (!tb_dsp_channel_ok(bias, shift, c, in.c) &&
+            !tb_dsp_constant_channel(p, w + c * in.c, in.c, 1, bias ? bias[c] : 0, mult[c], shift[c],
+                                     y + c, in.h * in.w, out.c))
             pointwise_plain(p, in, x, out, w, bias, mult, shift, y, c, c + 1);
     return 1;
 }

@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "tb_kernels.h"
+
 #if defined(__ARM_FEATURE_DSP) && !defined(TB_NO_DSP)
 #define TB_DSP 1
 #else
@@ -120,6 +122,15 @@ static inline int tb_dsp_channel_ok(const int32_t *bias, const int32_t *shift, i
  * TB_DSP_MAX_STAND_INS channels, or a fan_in past the limit for every channel). In tb_dsp_gemm.c. */
 int tb_dsp_fill_stand_ins(const int32_t *bias, const int32_t *shift, int32_t n, int32_t fan_in,
                           tb_dsp_stand_ins *s);
+
+/* Such a channel usually cannot vary: requantization is monotonic in the sum, so when the least
+ * and the greatest sum its n weights (at w, w + stride, ...) can make over every input value and
+ * padding requantize to one output, every output is that one. Then it is written at y, y +
+ * y_stride, ... (n_pos outputs) and the answer is 1, else 0 (the plain path recomputes the
+ * channel). Exact: the plain path's sums lie between those two, so it overflows nowhere then. */
+int tb_dsp_constant_channel(const tb_conv_params *p, const int8_t *w, int32_t n, int32_t stride,
+                            int32_t bias, int32_t mult, int32_t shift, int8_t *y, int32_t n_pos,
+                            int32_t y_stride);
 
 /* K = 2^(e-1) + out_off * 2^e for e = -shift in [1, 22] */
 TB_INLINE int32_t tb_dsp_rounding(int32_t e, int32_t out_off)
