@@ -91,6 +91,8 @@ def test_depthwise_bitexact(seed, stride, kernel):
     ((40, 30, 6), 3, 1, "same"), ((37, 46, 5), 3, 1, "valid"), ((29, 64, 4), 3, 2, "same"),
     ((51, 34, 9), 3, 2, "valid"), ((60, 70, 4), 3, 1, "same"), ((100, 16, 5), 5, 2, "same"),
     ((90, 15, 4), 7, 2, "same"), ((70, 8, 6), 5, 1, "same"), ((4, 4, 8), 5, 1, "same"),
+    ((64, 64, 24), 5, 2, "same"), ((9, 67, 5), 5, 2, "same"), ((8, 69, 4), 5, 2, "same"),
+    ((9, 72, 8), 5, 1, "valid"),
 ])
 def test_depthwise_bitexact_large_planes(shape, kernel, stride, padding):
     rng = np.random.default_rng(sum(shape) + 10 * kernel + stride)

@@ -56,11 +56,11 @@ static void depthwise_plain(const tb_conv_params *p, tb_shape in, const int8_t *
 #define TB_DW_BAND 1152                       /* words of the band: 4 channels x rows x slot */
 #define TB_DW_PAIRS_3 48                      /* pairs (words) per slot */
 #define TB_DW_PAIRS_3S 12                     /* 3 x 3, narrow rows */
-#define TB_DW_PAIRS_5 28
+#define TB_DW_PAIRS_5 36
 #define TB_DW_PAIRS_7 20
 #define TB_DW_ROWB_3 192                      /* bytes per slot (assembly offsets) */
 #define TB_DW_ROWB_3S 48
-#define TB_DW_ROWB_5 112
+#define TB_DW_ROWB_5 144
 #define TB_DW_ROWB_7 80
 #define TB_DW_STR(x) #x
 #define TB_DW_XSTR(x) TB_DW_STR(x)
