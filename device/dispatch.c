@@ -8,6 +8,7 @@
 #include "frame.h"
 #include "model.h"
 #include "port.h"
+#include "profile.h"
 #include "protocol.h"
 #include "runtime.h"
 #include "xfer.h"
@@ -135,7 +136,7 @@ static int cmd_hello(tb_call *c)
     tb_put_u16(c, TB_MAX_PAYLOAD);
     tb_put_bytes(c, (const uint8_t[]){board->window, 0, 0, 0}, 4);
     tb_put_u32(c, tb_rt.boot_id);
-    tb_put_u32(c, TB_CAP_TRAIN | TB_CAP_INFER | TB_CAP_SAVE | TB_CAP_SET_BAUD);
+    tb_put_u32(c, TB_CAP_TRAIN | TB_CAP_INFER | TB_CAP_SAVE | TB_CAP_SET_BAUD | TB_CAP_PROFILE);
     tb_put_u32(c, TB_ARENA_BYTES);
     tb_put_u32(c, tb_store_model_capacity());
     tb_put_u32(c, tb_store_params_capacity());
@@ -161,6 +162,30 @@ static int cmd_stats(tb_call *c)
     tb_put_u32(c, tb_port_stack_high_water());
     tb_put_u32(c, tb_rt.bad_frames);
     tb_put_u32(c, tb_rt.has_model ? tb_model_step() : 0);
+    return TB_OK;
+}
+
+/* Entries of ops [first, first + count): as many as fit one response. */
+static int cmd_profile(tb_call *c)
+{
+    const tb_profile *p = tb_profile_last();
+    const uint16_t first = tb_get_u16(c->in);
+    if (first > p->n_ops)
+        return tb_fail(c, TB_ERR_BAD_ARGUMENT, "first op %u past the profile's %u ops", (unsigned)first,
+                       (unsigned)p->n_ops);
+    const uint32_t fit = (TB_MAX_PAYLOAD - TB_PROFILE_HEADER_BYTES) / 8u, left = (uint32_t)(p->n_ops - first);
+    const uint16_t count = (uint16_t)(left < fit ? left : fit);
+    tb_put_bytes(c, (const uint8_t[]){p->run, 0}, 2);
+    tb_put_u16(c, p->n_ops);
+    tb_put_u32(c, (uint32_t)p->total);
+    tb_put_u32(c, (uint32_t)(p->total >> 32));
+    tb_put_u32(c, p->outside);
+    tb_put_u16(c, first);
+    tb_put_u16(c, count);
+    for (uint32_t i = first; i < (uint32_t)first + count; i++) {
+        tb_put_u32(c, p->cost[i][TB_PASS_FORWARD]);
+        tb_put_u32(c, p->cost[i][TB_PASS_BACKWARD]);
+    }
     return TB_OK;
 }
 
@@ -202,9 +227,8 @@ static int cmd_infer(tb_call *c)
         return tb_fail(c, TB_ERR_TOO_LARGE, "%u classes do not fit one frame",
                        (unsigned)tb_model_current()->num_classes);
     tb_infer_result r;
-    uint64_t start = tb_port_counter();
     rc = tb_exec_infer(&r);
-    tb_rt.last_infer_count = tb_port_counter() - start;
+    tb_rt.last_infer_count = tb_profile_last()->total;
     if (rc != TB_OK)
         return exec_failed(c, rc);
     tb_put_u16(c, r.label);
@@ -233,9 +257,8 @@ static int cmd_train_step(tb_call *c)
     if (rc != TB_OK)
         return rc;
     tb_step_result r;
-    uint64_t start = tb_port_counter();
     rc = tb_exec_train_step(label, lr, &r);
-    tb_rt.last_step_count = tb_port_counter() - start;
+    tb_rt.last_step_count = tb_profile_last()->total;
     if (rc != TB_OK)
         return exec_failed(c, rc);
     tb_put_f32(c, r.loss);
@@ -291,6 +314,7 @@ static const command_entry commands[] = {
     {TB_CMD_HELLO, 0, cmd_hello},
     {TB_CMD_STATS, 0, cmd_stats},
     {TB_CMD_MODEL_INFO, 0, cmd_model_info},
+    {TB_CMD_PROFILE, 2, cmd_profile},
     {TB_CMD_XFER_BEGIN, 9, tb_xfer_begin},
     {TB_CMD_XFER_DATA, VARIABLE, tb_xfer_data},
     {TB_CMD_XFER_COMMIT, 1, tb_xfer_commit},

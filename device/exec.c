@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 #include "model_internal.h"
+#include "profile.h"
 
 /* The exponent of each tensor's gradient during a training step. */
 static int32_t grad_exp[TB_BLOB_MAX_TENSORS];
@@ -106,9 +107,11 @@ static uint16_t first_max(const int8_t *v, uint16_t n)
 static int row_call(const tb_model *m, uint32_t i, int32_t r0, int32_t r1, int8_t *y);
 
 /* Rows [first, first + n) of the streamed output of op pi in its buffer become [a, b): rows
- * below a are dropped (the rest moved down), missing rows computed one at a time. */
+ * below a are dropped (the rest moved down), missing rows computed one at a time. The profile
+ * charges this to op pi. */
 static int stream_fill(const tb_model *m, uint32_t pi, int32_t a, int32_t b)
 {
+    const uint16_t reader = tb_profile_switch(tb_profile_bucket(pi, TB_PASS_FORWARD));
     const uint16_t t = m->ops[pi].output;
     const uint32_t rb = tb_row_bytes(&m->tensors[t]);
     uint8_t *buf = tb_model_buffer(m, m->tensors[t].buffer);
@@ -118,13 +121,14 @@ static int stream_fill(const tb_model *m, uint32_t pi, int32_t a, int32_t b)
         ring_rows[t] = (uint16_t)(ring_rows[t] - drop);
         ring_first[t] = (uint16_t)(ring_rows[t] ? ring_first[t] + drop : a);
     }
-    while (ring_first[t] + ring_rows[t] < b) {
+    int rc = TB_OK;
+    while (!rc && ring_first[t] + ring_rows[t] < b) {
         const int32_t r = ring_first[t] + ring_rows[t];
-        const int rc = row_call(m, pi, r, r + 1, (int8_t *)(buf + (uint32_t)ring_rows[t] * rb));
-        if (rc) return rc;
-        ring_rows[t]++;
+        rc = row_call(m, pi, r, r + 1, (int8_t *)(buf + (uint32_t)ring_rows[t] * rb));
+        if (!rc) ring_rows[t]++;
     }
-    return TB_OK;
+    tb_profile_switch(reader);
+    return rc;
 }
 
 /* The kernel of a conv2d or pointwise op (depthwise: whole weights only) on input x of shape xs
@@ -266,11 +270,13 @@ static int forward_op(const tb_model *m, uint32_t i, int training)
 
 static int forward(const tb_model *m, int training)
 {
-    for (uint32_t i = 0; i < m->header->n_ops; i++) {
-        const int rc = forward_op(m, i, training);
-        if (rc) return rc;
+    int rc = TB_OK;
+    for (uint32_t i = 0; !rc && i < m->header->n_ops; i++) {
+        tb_profile_switch(tb_profile_bucket(i, TB_PASS_FORWARD));
+        rc = forward_op(m, i, training);
     }
-    return TB_OK;
+    tb_profile_switch(TB_PROFILE_OUTSIDE);
+    return rc;
 }
 
 /* ---- backward ---- */
@@ -511,10 +517,8 @@ static int backward_op(const tb_model *m, uint32_t i, float lr, uint32_t *rng)
 
 /* ---- entry points ---- */
 
-int tb_exec_infer(tb_infer_result *result)
+static int infer(const tb_model *m, tb_infer_result *result)
 {
-    const tb_model *m = tb_model_loaded();
-    if (!m) return TB_ERR_NO_MODEL;
     const int rc = forward(m, 0);
     if (rc) return rc;
     const tb_blob_tensor *out = &m->tensors[m->header->output_tensor];
@@ -526,10 +530,8 @@ int tb_exec_infer(tb_infer_result *result)
     return TB_OK;
 }
 
-int tb_exec_train_step(uint16_t label, float lr, tb_step_result *result)
+static int train_step(const tb_model *m, uint16_t label, float lr, tb_step_result *result)
 {
-    const tb_model *m = tb_model_loaded();
-    if (!m) return TB_ERR_NO_MODEL;
     const tb_blob_header *h = m->header;
     const uint16_t logits = h->output_tensor;
     const tb_blob_tensor *out = &m->tensors[logits];
@@ -556,11 +558,33 @@ int tb_exec_train_step(uint16_t label, float lr, tb_step_result *result)
     memmove(&rng, m->arena + 4, 4);
     for (uint32_t i = h->n_ops; i-- > m->backward_stop;) {
         if (!m->ops[i].train) continue;
+        tb_profile_switch(tb_profile_bucket(i, TB_PASS_BACKWARD));
         if ((rc = backward_op(m, i, lr, &rng))) break;
     }
+    tb_profile_switch(TB_PROFILE_OUTSIDE);
     memmove(m->arena + 4, &rng, 4);
     if (rc) return rc;
     result->step = tb_model_step() + 1;
     tb_model_set_step(result->step);
     return TB_OK;
+}
+
+int tb_exec_infer(tb_infer_result *result)
+{
+    const tb_model *m = tb_model_loaded();
+    if (!m) return TB_ERR_NO_MODEL;
+    tb_profile_begin(TB_RUN_INFER, m->header->n_ops);
+    const int rc = infer(m, result);
+    tb_profile_end();
+    return rc;
+}
+
+int tb_exec_train_step(uint16_t label, float lr, tb_step_result *result)
+{
+    const tb_model *m = tb_model_loaded();
+    if (!m) return TB_ERR_NO_MODEL;
+    tb_profile_begin(TB_RUN_TRAIN_STEP, m->header->n_ops);
+    const int rc = train_step(m, label, lr, result);
+    tb_profile_end();
+    return rc;
 }

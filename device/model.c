@@ -5,6 +5,7 @@
 #include <string.h>
 #include "frame.h"
 #include "model_internal.h"
+#include "profile.h"
 
 static tb_model current;
 static int has_model;
@@ -784,6 +785,7 @@ int tb_model_load(const uint8_t *blob, uint32_t size, uint8_t *arena, uint32_t a
     fill_info(&c.m);
     current = c.m;
     has_model = 1;
+    tb_profile_clear();
     init_params(&current);
     return TB_OK;
 }
@@ -791,6 +793,7 @@ int tb_model_load(const uint8_t *blob, uint32_t size, uint8_t *arena, uint32_t a
 void tb_model_unload(void)
 {
     has_model = 0;
+    tb_profile_clear();
 }
 
 const tb_model *tb_model_loaded(void)

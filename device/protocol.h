@@ -12,6 +12,7 @@ enum {
     TB_CMD_HELLO = 0x01,
     TB_CMD_STATS = 0x02,
     TB_CMD_MODEL_INFO = 0x03,
+    TB_CMD_PROFILE = 0x04,
     TB_CMD_XFER_BEGIN = 0x10,
     TB_CMD_XFER_DATA = 0x11,
     TB_CMD_XFER_COMMIT = 0x12,
@@ -44,6 +45,15 @@ enum {
     TB_ERR_EXEC = 14
 };
 
-enum { TB_CAP_TRAIN = 1u << 0, TB_CAP_INFER = 1u << 1, TB_CAP_SAVE = 1u << 2, TB_CAP_SET_BAUD = 1u << 3 };
+enum {
+    TB_CAP_TRAIN = 1u << 0,
+    TB_CAP_INFER = 1u << 1,
+    TB_CAP_SAVE = 1u << 2,
+    TB_CAP_SET_BAUD = 1u << 3,
+    TB_CAP_PROFILE = 1u << 4
+};
+
+/* PROFILE's response: run, reserved, n_ops, total, outside, first, count; then 8 bytes an op. */
+enum { TB_PROFILE_HEADER_BYTES = 20 };
 
 #endif

@@ -20,7 +20,7 @@ ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
 
 def sources():
     kernels = sorted(glob.glob(os.path.join(ROOT, "native_kernels", "src", "*.c")))
-    device = [os.path.join(ROOT, "device", name) for name in ("model.c", "exec.c", "frame.c")]
+    device = [os.path.join(ROOT, "device", name) for name in ("model.c", "exec.c", "profile.c", "frame.c")]
     return kernels + device + [os.path.join(ROOT, "tests", "harness", "model_harness.c")]
 
 

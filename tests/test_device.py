@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 import tinybridge as tb
+from tinybridge import bench
 from tinybridge.metrics import classification_metrics
 
-from sim_helpers import faces, tiny_blob
+import tiny_model
+from sim_helpers import BOARDS, faces, require_arm_tools, tiny_blob
 
 
 @pytest.fixture
@@ -79,6 +81,25 @@ def test_classification_metrics_binary_and_macro():
     assert m["precision"] == pytest.approx((1 + 0 + 2 / 3) / 3)
 
 
+def test_bench_measures_every_op(dev):
+    model = tiny_model.sparse_model()
+    images, labels = faces(2)
+    r = bench.measure(dev, model, images, labels, steps=2)
+    assert [o.name for o in r.ops] == [op.name for op in model.graph.ops]
+    assert r.ops[0].what == "conv2d 3x3 s2 32x32x1->16x16x8"
+    stats = dev.stats()
+    assert r.outside + sum(o.forward + o.backward for o in r.ops) == stats["last_step"]
+    assert sum(o.infer for o in r.ops) <= stats["last_infer"] and all(o.infer > 0 for o in r.ops)
+    assert all(o.backward == 0 for o in r.ops[:model.graph.backward_stop()])
+    assert all(o.backward > 0 for o in r.ops if o.index >= model.graph.backward_stop() and model.graph.ops[o.index].trains)
+    assert 0 < r.arena_high_water <= r.planned_arena == model.memory.sram and r.stack_high_water > 0
+    text = bench.report(r, top=3)
+    names = "|".join(re.escape(op.name) for op in model.graph.ops)
+    assert "training step" in text and len(re.findall(r"^\s+\d+\s+(%s)\s" % names, text, re.M)) == 3
+    with pytest.raises(ValueError, match="3 steps need"):
+        bench.measure(dev, model, images, labels, steps=3)
+
+
 def run_cli(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "tinybridge.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
@@ -103,6 +124,23 @@ def test_cli_load_info_infer_train(tmp_path):
     assert r.returncode == 0 and re.search(r"\.png\t[01]\t", r.stdout)
     r = run_cli("--flash", flash, "info")
     assert "model.step" in r.stdout and re.search(r"model\.step\s+16", r.stdout)
+
+
+@pytest.mark.parametrize("device", sorted(BOARDS))
+def test_cli_bench(tmp_path, device):
+    if device == "qemu":
+        require_arm_tools()
+    blob = tmp_path / "tiny.blob"
+    blob.write_bytes(tiny_blob())
+    n_ops = len(tiny_model.sparse_model().graph.ops)
+    r = run_cli("-d", device, "bench", str(blob), "--steps", "2", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^training step\s+[\d.]+ M %s" % ("instructions" if device == "qemu" else "ns"), r.stdout, re.M)
+    assert "planned arena %d bytes" % tb.Model.from_bytes(blob.read_bytes()).memory.sram in r.stdout
+    rows = re.findall(r"^\s+(\d+)\s+op\d+\s", r.stdout, re.M)
+    assert sorted(map(int, rows)) == list(range(n_ops))
+    r = run_cli("-d", device, "bench", str(blob), "--steps", "1", "--top", "2", timeout=300)
+    assert r.returncode == 0 and len(re.findall(r"^\s+\d+\s+op\d+\s", r.stdout, re.M)) == 2
 
 
 def test_cli_errors_are_one_line(tmp_path):

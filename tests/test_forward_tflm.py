@@ -91,6 +91,8 @@ def test_depthwise_bitexact(seed, stride, kernel):
     ((40, 30, 6), 3, 1, "same"), ((37, 46, 5), 3, 1, "valid"), ((29, 64, 4), 3, 2, "same"),
     ((51, 34, 9), 3, 2, "valid"), ((60, 70, 4), 3, 1, "same"), ((100, 16, 5), 5, 2, "same"),
     ((90, 15, 4), 7, 2, "same"), ((70, 8, 6), 5, 1, "same"), ((4, 4, 8), 5, 1, "same"),
+    ((64, 64, 24), 5, 2, "same"), ((9, 67, 5), 5, 2, "same"), ((8, 69, 4), 5, 2, "same"),
+    ((9, 72, 8), 5, 1, "valid"),
 ])
 def test_depthwise_bitexact_large_planes(shape, kernel, stride, padding):
     rng = np.random.default_rng(sum(shape) + 10 * kernel + stride)
@@ -117,6 +119,66 @@ def test_pointwise_bitexact(seed):
     a = kernel_args(x_q, w_scales, y_q, act)
     got = kernels.pointwise_conv(x, w[:, 0, 0, :], bias, a.pop("mult"), a.pop("shift"), **a)
     want = tflm.conv2d(x, w, bias, x_q, w_scales, y_q, 1, "same", act, x.shape[:2])
+    np.testing.assert_array_equal(got, want)
+
+
+def dead_channels(rng, w, w_scales, bias, fan_in, channel_axis, x_scale, y_scale):
+    """Channels outside the DSP paths' fast requantization range (tb_dsp.h), like the zoo models'
+    dead ones: all-zero weights with a tiny scale (shift -29) and a bias near 2^31, random weights
+    with a tiny scale and a large bias, a bias alone past the range (these three have one output
+    value whatever the input); and small weights with a multiplier over 0.5 (shift 0: outputs that
+    vary). Each sum stays inside int32 (TFLite's accumulator)."""
+    n = w_scales.size
+    dead = rng.choice(n, size=min(4, n), replace=False)
+    headroom = fan_in * 128 * 255
+    weights = np.moveaxis(w, channel_axis, 0)
+    kinds = [(0, 3.9e-9, 2 ** 31 - 1 - headroom), (None, 5e-8, 2 ** 30), (None, None, 2 ** 29),
+             (2, 0.6 * y_scale / x_scale, 100)]
+    for c, (weight, scale, b) in zip(dead, kinds):
+        if weight is not None:
+            weights[c] = rng.integers(-weight, weight + 1, weights[c].shape)
+        if scale is not None:
+            w_scales[c] = scale
+        bias[c] = b * (1 if rng.random() < 0.5 else -1)
+    return sorted(int(c) for c in dead)
+
+
+@pytest.mark.parametrize("case", ["conv2d_rgb_3x3_s2", "conv2d_3x3_k72", "depthwise_3x3", "depthwise_5x5",
+                                  "depthwise_7x7_s2", "pointwise_k8", "pointwise_k16", "pointwise_k96"])
+def test_dead_channels_bitexact(case):
+    """The DSP paths run such channels with stand-ins and recompute them by the plain path."""
+    rng = np.random.default_rng(sum(map(ord, case)))
+    kind = case.split("_")[0]
+    act = ACTS[int(rng.integers(0, 3))]
+    x_q = rand_quant(rng)
+    if kind == "depthwise":
+        k, s, ci = int(case[10]), 2 if case.endswith("s2") else 1, 22
+        x = rng.integers(-128, 128, (9, 10, ci), dtype=np.int8)
+        w = rng.integers(-127, 128, (k, k, ci), dtype=np.int8)
+        co, fan_in, axis = ci, k * k, 2
+    else:
+        k, s = (3, 2 if case.endswith("s2") else 1) if kind == "conv2d" else (1, 1)
+        ci = {"conv2d_rgb_3x3_s2": 3, "conv2d_3x3_k72": 8}.get(case) or int(case.split("_k")[1])
+        x = rng.integers(-128, 128, (7, 9, ci), dtype=np.int8)
+        co = 20
+        w = rng.integers(-127, 128, (co, k, k, ci), dtype=np.int8)
+        fan_in, axis = k * k * ci, 0
+    w_scales = rng.uniform(0.001, 0.05, co).astype(np.float32)
+    bias = rng.integers(-3000, 3000, co, dtype=np.int32)
+    y_q = output_quant(rng, x_q[0], w_scales, fan_in, act)
+    dead = dead_channels(rng, w, w_scales, bias, fan_in, axis, x_q[0], y_q[0])
+    a = kernel_args(x_q, w_scales, y_q, act)
+    mult, shift = a.pop("mult"), a.pop("shift")
+    assert min(shift[c] for c in dead) < -22 and max(shift[c] for c in dead) >= 0
+    if kind == "depthwise":
+        got = kernels.depthwise_conv2d(x, w, bias, mult, shift, stride=s, padding="same", **a)
+        want = tflm.depthwise_conv2d(x, w, bias, x_q, w_scales, y_q, s, "same", act, got.shape[:2])
+    elif kind == "conv2d":
+        got = kernels.conv2d(x, w, bias, mult, shift, stride=s, padding="same", **a)
+        want = tflm.conv2d(x, w, bias, x_q, w_scales, y_q, s, "same", act, got.shape[:2])
+    else:
+        got = kernels.pointwise_conv(x, w[:, 0, 0, :], bias, mult, shift, **a)
+        want = tflm.conv2d(x, w, bias, x_q, w_scales, y_q, 1, "same", act, x.shape[:2])
     np.testing.assert_array_equal(got, want)
 
 

@@ -12,6 +12,7 @@ import tinybridge as tb
 from tinybridge.protocol import (MAX_PAYLOAD, Command, FrameReader, Kind, Slot, cobs_decode, cobs_encode,
                                  decode_frame, encode_frame)
 
+import tiny_model
 from sim_helpers import BOARDS, faces, raw_exchange, tiny_blob
 
 
@@ -110,11 +111,39 @@ def test_hello_and_stats(dev, device_url):
     assert info["arena_bytes"] == 256 * 1024
     assert info["model_slot_bytes"] == 768 * 1024 - 64  # sectors 5-7 (docs/protocol.md, "Flash")
     assert info["params_slot_bytes"] == 160 * 1024 - 32  # sectors 3-4 and 5: no model uses sector 5
-    assert set(info["capabilities"]) == {"train", "infer", "save", "set_baud"}
+    assert set(info["capabilities"]) == {"train", "infer", "save", "set_baud", "profile"}
     assert info["model"] is None and info["model_crc32"] == 0
     stats = dev.stats()
     assert stats["bad_frames"] == 0 and stats["steps"] == 0
     assert 0 < stats["stack_high_water"] < 128 * 1024
+
+
+def test_profile_splits_each_run_by_op_and_pass(trained_dev):
+    dev = trained_dev
+    model = tiny_model.sparse_model()
+    n_ops = len(model.graph.ops)
+    assert dev.profile() == (None, dev.info()["counter_unit"], 0, 0, [])  # no run of this model yet
+    images, labels = faces(2)
+    dev.infer(images[0])
+    infer = dev.profile()
+    assert infer.run == "infer" and len(infer.ops) == n_ops
+    assert infer.total == dev.stats()["last_infer"] == infer.outside + sum(f + b for f, b in infer.ops)
+    assert all(b == 0 for _, b in infer.ops) and sum(f > 0 for f, _ in infer.ops) >= n_ops // 2
+    dev.train_step(images[1], labels[1])
+    step = dev.profile()
+    assert step.run == "train_step" and step.total == dev.stats()["last_step"]
+    assert step.total == step.outside + sum(f + b for f, b in step.ops)
+    trained = [i for i, op in enumerate(model.graph.ops) if op.train_bias or op.train_weights]
+    assert all(step.ops[i][1] > 0 for i in trained)
+    assert all(step.ops[i][1] == 0 for i in range(model.graph.backward_stop()))
+    # the entries of a later first op are the tail; past the end is an error
+    payload = dev.client.request(Command.PROFILE, struct.pack("<H", 2))
+    assert struct.unpack_from("<HH", payload, 16) == (2, n_ops - 2)
+    assert list(struct.iter_unpack("<II", payload[20:])) == step.ops[2:]
+    frame = raw_exchange(dev, Command.PROFILE, struct.pack("<H", n_ops + 1))
+    assert frame.status == 4 and b"past the profile" in frame.payload
+    dev.load_model(tiny_blob(seed=1), progress=False)  # another model: the profile is gone
+    assert dev.profile().run is None
 
 
 def test_error_responses(dev):

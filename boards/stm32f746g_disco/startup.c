@@ -11,6 +11,7 @@ void Default_Handler(void);
 void HardFault_Handler(void) __attribute__((weak, alias("Default_Handler")));
 void SysTick_Handler(void) __attribute__((weak, alias("Default_Handler")));
 void USART1_IRQHandler(void) __attribute__((weak, alias("Default_Handler")));
+void DMA2_Stream5_IRQHandler(void) __attribute__((weak, alias("Default_Handler")));
 void board_exit(int code) __attribute__((weak, noreturn));
 
 /* every interrupt to Default_Handler, then the ones the board serves (GCC's range initialiser) */
@@ -30,6 +31,7 @@ void (*const vector_table[16 + IRQ_COUNT])(void) = {
     SysTick_Handler,
     [16 ... 16 + IRQ_COUNT - 1] = Default_Handler,
     [16 + USART1_IRQ] = USART1_IRQHandler,
+    [16 + DMA2_STREAM5_IRQ] = DMA2_Stream5_IRQHandler,
 };
 #pragma GCC diagnostic pop
 

@@ -19,6 +19,7 @@
 #define RCC_AHB1ENR REG32(RCC_BASE + 0x30u)
 #define RCC_AHB1ENR_GPIOA (1u << 0)
 #define RCC_AHB1ENR_GPIOB (1u << 1)
+#define RCC_AHB1ENR_DMA2 (1u << 22)
 #define RCC_AHB2ENR REG32(RCC_BASE + 0x34u)
 #define RCC_AHB2ENR_RNG (1u << 6)
 #define RCC_APB1ENR REG32(RCC_BASE + 0x40u)
@@ -73,12 +74,14 @@
 #define USART_CR1_UE (1u << 0)
 #define USART_CR1_RE (1u << 2)
 #define USART_CR1_TE (1u << 3)
-#define USART_CR1_RXNEIE (1u << 5)
+#define USART_CR1_IDLEIE (1u << 4)
 #define USART1_CR3 REG32(USART1_BASE + 0x08u)
+#define USART_CR3_DMAR (1u << 6)
+#define USART_CR3_OVRDIS (1u << 12)
 #define USART1_BRR REG32(USART1_BASE + 0x0Cu)
 #define USART1_ISR REG32(USART1_BASE + 0x1Cu)
 #define USART_ISR_ERRORS 0xFu /* PE, FE, NF, ORE */
-#define USART_ISR_RXNE (1u << 5)
+#define USART_ISR_IDLE (1u << 4)
 #define USART_ISR_TC (1u << 6)
 #define USART_ISR_TXE (1u << 7)
 #define USART1_ICR REG32(USART1_BASE + 0x20u)
@@ -86,6 +89,22 @@
 #define USART1_TDR REG32(USART1_BASE + 0x28u)
 #define USART1_IRQ 37
 
+/* ---- DMA2 (RM0385 section 8): USART1_RX is request channel 4 of stream 5 (IRQ 68) ---- */
+#define DMA2_BASE 0x40026400u
+#define DMA2_HIFCR REG32(DMA2_BASE + 0x0Cu)       /* streams 4-7: flags clear */
+#define DMA_HIFCR_STREAM5 (0x3Du << 6)           /* FEIF5, DMEIF5, TEIF5, HTIF5, TCIF5 */
+#define DMA2_S5CR REG32(DMA2_BASE + 0x10u + 0x18u * 5u)
+#define DMA_SCR_EN (1u << 0)
+#define DMA_SCR_HTIE (1u << 3)
+#define DMA_SCR_TCIE (1u << 4)
+#define DMA_SCR_CIRC (1u << 8)
+#define DMA_SCR_MINC (1u << 10)
+#define DMA_SCR_CHSEL(n) ((uint32_t)(n) << 25)
+#define DMA2_S5NDTR REG32(DMA2_BASE + 0x14u + 0x18u * 5u)
+#define DMA2_S5PAR REG32(DMA2_BASE + 0x18u + 0x18u * 5u)
+#define DMA2_S5M0AR REG32(DMA2_BASE + 0x1Cu + 0x18u * 5u)
+#define DMA2_S5FCR REG32(DMA2_BASE + 0x24u + 0x18u * 5u) /* 0: direct mode, no FIFO */
+#define DMA2_STREAM5_IRQ 68
 /* ---- RNG (48 MHz from PLLQ) ---- */
 #define RNG_BASE 0x50060800u
 #define RNG_CR REG32(RNG_BASE + 0x00u)

@@ -9,14 +9,19 @@
     tinybridge [-d DEV] train FOLDER         train on an image folder (one subfolder per class)
     tinybridge sim [--port N]                serve the sim device on TCP for any serial tool
     tinybridge [-d DEV] demo [--out DIR]     fine-tune MCUNet on the device: faces vs not, with a plot
+    tinybridge [-d DEV] bench SOURCE [--num-classes N] [--update SCHEME] [--steps N] [--top N]
+                                             what a model costs on the device: per inference, per
+                                             training step, per op; memory beside the plan
 
-DEV is "sim" (default), "auto" (first ST-LINK), a serial port or a pyserial URL. With the sim,
+DEV is "sim" (default), "qemu" (the firmware under QEMU), "auto" (first ST-LINK), a serial port or a
+pyserial URL. With the sim,
 --flash FILE keeps its flash between commands. Errors are one line on stderr, exit status 1.
 """
 import argparse
 import random
 import subprocess
 import sys
+import zlib
 
 
 from . import transport
@@ -121,6 +126,33 @@ def cmd_sim(args):
         pass
 
 
+def cmd_bench(args):
+    import os
+
+    from . import bench, qemu
+    from .compiler import compile as compile_model
+    from .device import Device
+    from .model import Model
+
+    if os.path.isfile(args.source) and not args.source.endswith(".tflite"):
+        model = Model.load(args.source)
+    else:
+        model = compile_model(args.source, num_classes=args.num_classes, update=args.update)
+    if args.device == "qemu":  # QEMU's UART takes half a minute for a zoo model: bake it into the flash
+        dev = Device(qemu.QemuTransport(model=model), timeout=max(args.timeout, 60.0))
+    else:
+        dev = open_device(args)
+    with dev:
+        if dev.model is None or dev.model.crc32 != zlib.crc32(model.to_bytes()):
+            dev.load_model(model, progress=True)
+        images = bench.random_images(model.input_shape, args.steps)
+        labels = [i % model.num_classes for i in range(args.steps)]
+        result = bench.measure(dev, model, images, labels, steps=args.steps)
+    mem = model.memory
+    print("%s: %d classes, blob %d bytes, planned arena %d bytes" % (args.source, model.num_classes, mem.flash, mem.sram))
+    print(bench.report(result, top=args.top))
+
+
 def cmd_demo(args):
     from . import demo
 
@@ -175,6 +207,14 @@ def parser():
     s.add_argument("--val-images", type=int, help="use only this many validation images (quick runs)")
     s.add_argument("--out", default=".", help="where demo-results.json and demo.png go (default .)")
     s.set_defaults(run=cmd_demo)
+    s = sub.add_parser("bench", help="what a model costs on the device: per inference, training step and op")
+    s.add_argument("source", help='a zoo model ("mbv2-w0.35", "mcunet-5fps", "proxyless-w0.3"), a .tflite file '
+                                  "or a compiled model blob")
+    s.add_argument("--num-classes", type=int, default=10, help="a new classifier of N classes (default 10)")
+    s.add_argument("--update", default="49kb", help='what trains (default "49kb", a paper scheme)')
+    s.add_argument("--steps", type=int, default=3, help="inferences and training steps to run (default 3)")
+    s.add_argument("--top", type=int, default=None, help="list only the N costliest ops")
+    s.set_defaults(run=cmd_bench)
     return p
 
 

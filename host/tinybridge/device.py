@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 
-from .errors import DeviceError, DeviceResetError, TimeoutError, TinyBridgeError
+from .errors import DeviceError, DeviceResetError, ProtocolError, TimeoutError, TinyBridgeError
 from . import preprocess
 from .metrics import classification_metrics
 from .progress import progress_bar
@@ -20,12 +20,19 @@ StepResult.__doc__ = "TRAIN_STEP's answer: the loss, the label predicted before 
 ModelInfo = collections.namedtuple(
     "ModelInfo", "crc32 size input_shape num_classes arena_bytes params_bytes default_lr step")
 ModelInfo.__doc__ = "The loaded model as the device reports it (MODEL_INFO); input_shape is (H, W, C)."
+Profile = collections.namedtuple("Profile", "run counter_unit total outside ops")
+Profile.__doc__ = """The per-op cost of the device's last INFER or TRAIN_STEP (PROFILE): run ("infer",
+"train_step", or None before any run of the loaded model), counter_unit (HELLO's), total (as
+stats()' last_infer / last_step), outside (the part spent in no op: setup, the loss) and ops: per
+op of the blob, in its order, (forward, backward); they add up to total with outside."""
 
 COUNTER_UNITS = {0: "instructions", 1: "cycles", 2: "ns"}
-CAPABILITIES = ("train", "infer", "save", "set_baud")
+CAPABILITIES = ("train", "infer", "save", "set_baud", "profile")
+RUNS = {0: None, 1: "infer", 2: "train_step"}
 HELLO = struct.Struct("<BBHBBHIIIIIII")
 MODEL_INFO = struct.Struct("<IIHHHHIIfI")
 STATS = struct.Struct("<QQIIII")
+PROFILE = struct.Struct("<BBHQIHH")  # run, reserved, n_ops, total, outside, first op, count
 # flash erase, blob validation and CRCs over a megabyte can take seconds on a board
 SLOW_TIMEOUT = 30.0
 
@@ -239,3 +246,20 @@ class Device:
             stats["last_infer_s"] = infer * 1e-9
             stats["last_step_s"] = step * 1e-9
         return stats
+
+    def profile(self):
+        """What each op of the loaded model cost in the last infer() or train_step(): a Profile."""
+        if "profile" not in self._info["capabilities"]:
+            raise TinyBridgeError("%s (firmware %s) does not report profiles"
+                                  % (self._info["board"], self._info["firmware_version"]))
+        self._need_model()
+        ops = []
+        while True:
+            payload = self.client.request(Command.PROFILE, struct.pack("<H", len(ops)))
+            run, _, n_ops, total, outside, first, count = PROFILE.unpack_from(payload)
+            if first != len(ops) or len(payload) != PROFILE.size + 8 * count or (count == 0 and first < n_ops):
+                raise ProtocolError("PROFILE answered ops %d..%d of %d in %d bytes for op %d"
+                                    % (first, first + count, n_ops, len(payload), len(ops)))
+            ops += struct.iter_unpack("<II", payload[PROFILE.size:])
+            if len(ops) >= n_ops:
+                return Profile(RUNS.get(run, str(run)), self._info["counter_unit"], total, outside, ops)

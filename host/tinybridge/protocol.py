@@ -34,6 +34,7 @@ class Command(enum.IntEnum):
     HELLO = 0x01
     STATS = 0x02
     MODEL_INFO = 0x03
+    PROFILE = 0x04
     XFER_BEGIN = 0x10
     XFER_DATA = 0x11
     XFER_COMMIT = 0x12

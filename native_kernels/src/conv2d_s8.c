@@ -30,13 +30,13 @@ int32_t tb_conv2d_s8_scratch_bytes(const tb_conv_params *p, tb_shape in)
 /* The plain-C path: the readable reference. */
 static void conv2d_plain(const tb_conv_params *p, tb_shape in, const int8_t *x, tb_shape out,
                          const int8_t *w, const int32_t *bias, const int32_t *mult,
-                         const int32_t *shift, int8_t *y)
+                         const int32_t *shift, int8_t *y, int32_t c_begin, int32_t c_end)
 {
     for (int32_t oy = 0; oy < out.h; oy++) {
         for (int32_t ox = 0; ox < out.w; ox++) {
             const int32_t iy0 = oy * p->stride_h - p->pad_top;
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
-            for (int32_t c = 0; c < out.c; c++) {
+            for (int32_t c = c_begin; c < c_end; c++) {
                 int32_t acc = bias ? bias[c] : 0;
                 for (int32_t ky = 0; ky < p->kernel_h; ky++) {
                     const int32_t iy = iy0 + ky;
@@ -151,6 +151,34 @@ static void conv2d_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb
         }
     }
 }
+
+static void conv2d_dsp_clamped(const tb_conv_params *p, tb_shape in, const int8_t *x, tb_shape out,
+                               const int8_t *w, const int32_t *bias, const int32_t *mult,
+                               const int32_t *shift, int8_t *y, void *scratch)
+{
+    conv2d_dsp(p, in, x, out, w, bias, mult, shift, y,
+               (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u));
+    if (p->act_min != -128 || p->act_max != 127)
+        tb_dsp_clamp_s8(y, out.h * out.w * out.c, p->act_min, p->act_max);
+}
+
+/* Some channels outside the fast requantization's range: the DSP path with stand-ins for them,
+ * then those channels by the plain path (tb_dsp.h). 0: not possible here. */
+static int conv2d_dsp_stand_ins(const tb_conv_params *p, tb_shape in, const int8_t *x, tb_shape out,
+                                const int8_t *w, const int32_t *bias, const int32_t *mult,
+                                const int32_t *shift, int8_t *y, void *scratch)
+{
+    tb_dsp_stand_ins s;
+    if (!tb_dsp_fill_stand_ins(bias, shift, out.c, conv_k(p, in), &s)) return 0;
+    conv2d_dsp_clamped(p, in, x, out, w, bias ? s.bias : NULL, mult, s.shift, y, scratch);
+    const int32_t k = conv_k(p, in);
+    for (int32_t c = 0; c < out.c; c++)
+        if (!tb_dsp_channel_ok(bias, shift, c, k) &&
+            !tb_dsp_constant_channel(p, w + c * k, k, 1, bias ? bias[c] : 0, mult[c], shift[c], y + c,
+                                     out.h * out.w, out.c))
+            conv2d_plain(p, in, x, out, w, bias, mult, shift, y, c, c + 1);
+    return 1;
+}
 #endif
 
 tb_status tb_conv2d_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
@@ -160,17 +188,16 @@ tb_status tb_conv2d_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
 {
     if (!tb_conv_geometry_ok(p, in, out) || !tb_rounding_ok(p->rounding)) return TB_ERR_ARG;
 #if TB_DSP
-    if (scratch && tb_dsp_requant_ok(bias, shift, out.c, conv_k(p, in)) &&
-        (tb_gemm_use_quad(conv_k(p, in)) || conv_k(p, in) <= TB_GEMM_TRIO_MAX_K)) {
-        conv2d_dsp(p, in, x, out, w, bias, mult, shift, y,
-                   (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u));
-        if (p->act_min != -128 || p->act_max != 127)
-            tb_dsp_clamp_s8(y, out.h * out.w * out.c, p->act_min, p->act_max);
-        return TB_OK;
+    if (scratch && (tb_gemm_use_quad(conv_k(p, in)) || conv_k(p, in) <= TB_GEMM_TRIO_MAX_K)) {
+        if (tb_dsp_requant_ok(bias, shift, out.c, conv_k(p, in))) {
+            conv2d_dsp_clamped(p, in, x, out, w, bias, mult, shift, y, scratch);
+            return TB_OK;
+        }
+        if (conv2d_dsp_stand_ins(p, in, x, out, w, bias, mult, shift, y, scratch)) return TB_OK;
     }
 #else
     (void)scratch;
 #endif
-    conv2d_plain(p, in, x, out, w, bias, mult, shift, y);
+    conv2d_plain(p, in, x, out, w, bias, mult, shift, y, 0, out.c);
     return TB_OK;
 }

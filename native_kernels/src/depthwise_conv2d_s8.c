@@ -56,11 +56,11 @@ static void depthwise_plain(const tb_conv_params *p, tb_shape in, const int8_t *
 #define TB_DW_BAND 1152                       /* words of the band: 4 channels x rows x slot */
 #define TB_DW_PAIRS_3 48                      /* pairs (words) per slot */
 #define TB_DW_PAIRS_3S 12                     /* 3 x 3, narrow rows */
-#define TB_DW_PAIRS_5 28
+#define TB_DW_PAIRS_5 36
 #define TB_DW_PAIRS_7 20
 #define TB_DW_ROWB_3 192                      /* bytes per slot (assembly offsets) */
 #define TB_DW_ROWB_3S 48
-#define TB_DW_ROWB_5 112
+#define TB_DW_ROWB_5 144
 #define TB_DW_ROWB_7 80
 #define TB_DW_STR(x) #x
 #define TB_DW_XSTR(x) TB_DW_STR(x)
@@ -1042,6 +1042,45 @@ static int depthwise_small(const tb_conv_params *p, tb_shape in, const int8_t *x
     }
     return 1;
 }
+
+/* Square odd kernels 3, 5, 7, equal strides 1 or 2 (any padding): channels in groups of 4, the
+ * last in.c % 4 by the plain path. 0: not this shape. */
+static int depthwise_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb_shape out,
+                         const int8_t *w, const int32_t *bias, const int32_t *mult,
+                         const int32_t *shift, int8_t *y)
+{
+    const int32_t k = p->kernel_h, c4 = in.c & ~(TB_DW_GROUP - 1);
+    if (!(k == p->kernel_w && (k == 3 || k == 5 || k == 7) && p->stride_h == p->stride_w &&
+          (p->stride_h == 1 || p->stride_h == 2) && c4 > 0 &&
+          ((k > 3 && out.w <= TB_DWS_SMALL &&
+            depthwise_small(p, in, x, out, w, bias, mult, shift, y, c4)) ||
+           depthwise_band(p, in, x, out, w, bias, mult, shift, y, c4))))
+        return 0;
+    if (p->act_min != -128 || p->act_max != 127)
+        for (int32_t i = 0; i < out.h * out.w * out.c; i++)
+            y[i] = (int8_t)tb_clamp_i32(y[i], p->act_min, p->act_max);
+    if (c4 < in.c) depthwise_plain(p, in, x, out, w, bias, mult, shift, y, c4, in.c);
+    return 1;
+}
+
+/* Some channels outside the fast requantization's range: the DSP path with stand-ins for them,
+ * then those channels by the plain path (tb_dsp.h). 0: not possible here. */
+static int depthwise_dsp_stand_ins(const tb_conv_params *p, tb_shape in, const int8_t *x,
+                                   tb_shape out, const int8_t *w, const int32_t *bias,
+                                   const int32_t *mult, const int32_t *shift, int8_t *y)
+{
+    const int32_t fan_in = p->kernel_h * p->kernel_w;
+    tb_dsp_stand_ins s;
+    if (!tb_dsp_fill_stand_ins(bias, shift, in.c, fan_in, &s) ||
+        !depthwise_dsp(p, in, x, out, w, bias ? s.bias : NULL, mult, s.shift, y))
+        return 0;
+    for (int32_t c = 0; c < in.c; c++)
+        if (!tb_dsp_channel_ok(bias, shift, c, fan_in) &&
+            !tb_dsp_constant_channel(p, w + c, fan_in, in.c, bias ? bias[c] : 0, mult[c], shift[c],
+                                     y + c, out.h * out.w, out.c))
+            depthwise_plain(p, in, x, out, w, bias, mult, shift, y, c, c + 1);
+    return 1;
+}
 #endif
 
 tb_status tb_depthwise_conv2d_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
@@ -1050,21 +1089,10 @@ tb_status tb_depthwise_conv2d_s8(const tb_conv_params *p, tb_shape in, const int
 {
     if (!tb_conv_geometry_ok(p, in, out) || in.c != out.c || !tb_rounding_ok(p->rounding)) return TB_ERR_ARG;
 #if TB_DSP
-    /* square odd kernels 3, 5, 7, equal strides 1 or 2 (any padding): channels in groups of 4, the
-     * last in.c % 4 by the plain path */
-    const int32_t k = p->kernel_h, c4 = in.c & ~(TB_DW_GROUP - 1);
-    if (k == p->kernel_w && (k == 3 || k == 5 || k == 7) && p->stride_h == p->stride_w &&
-        (p->stride_h == 1 || p->stride_h == 2) && c4 > 0 &&
-        tb_dsp_requant_ok(bias, shift, in.c, k * k) &&
-        ((k > 3 && out.w <= TB_DWS_SMALL &&
-          depthwise_small(p, in, x, out, w, bias, mult, shift, y, c4)) ||
-         depthwise_band(p, in, x, out, w, bias, mult, shift, y, c4))) {
-        if (p->act_min != -128 || p->act_max != 127)
-            for (int32_t i = 0; i < out.h * out.w * out.c; i++)
-                y[i] = (int8_t)tb_clamp_i32(y[i], p->act_min, p->act_max);
-        if (c4 < in.c) depthwise_plain(p, in, x, out, w, bias, mult, shift, y, c4, in.c);
+    if (tb_dsp_requant_ok(bias, shift, in.c, p->kernel_h * p->kernel_w)
+            ? depthwise_dsp(p, in, x, out, w, bias, mult, shift, y)
+            : depthwise_dsp_stand_ins(p, in, x, out, w, bias, mult, shift, y))
         return TB_OK;
-    }
 #endif
     depthwise_plain(p, in, x, out, w, bias, mult, shift, y, 0, in.c);
     return TB_OK;

@@ -16,12 +16,12 @@ int32_t tb_pointwise_conv_s8_scratch_bytes(int32_t in_c)
 /* The plain-C path: the readable reference. */
 static void pointwise_plain(const tb_conv_params *p, tb_shape in, const int8_t *x, tb_shape out,
                             const int8_t *w, const int32_t *bias, const int32_t *mult,
-                            const int32_t *shift, int8_t *y)
+                            const int32_t *shift, int8_t *y, int32_t c_begin, int32_t c_end)
 {
     const int32_t n_pos = in.h * in.w;
     for (int32_t pos = 0; pos < n_pos; pos++) {
         const int8_t *xp = x + pos * in.c;
-        for (int32_t c = 0; c < out.c; c++) {
+        for (int32_t c = c_begin; c < c_end; c++) {
             const int8_t *wc = w + c * in.c;
             int32_t acc = bias ? bias[c] : 0;
             for (int32_t i = 0; i < in.c; i++)
@@ -139,6 +139,38 @@ static void pointwise_quads(const tb_conv_params *p, int32_t n_pos, int32_t in_c
         }
     }
 }
+
+static void pointwise_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb_shape out,
+                          const int8_t *w, const int32_t *bias, const int32_t *mult,
+                          const int32_t *shift, int8_t *y, void *scratch)
+{
+    int32_t *xs = (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u);
+    const int32_t n_pos = in.h * in.w;
+    if (tb_gemm_use_quad(in.c))
+        pointwise_quads(p, n_pos, in.c, x, out.c, w, bias, mult, shift, y, xs);
+    else
+        pointwise_trios(p, n_pos, in.c, x, out.c, w, bias, mult, shift, y, xs);
+    if (p->act_min != -128 || p->act_max != 127)
+        tb_dsp_clamp_s8(y, n_pos * out.c, p->act_min, p->act_max);
+}
+
+/* Some channels outside the fast requantization's range: the DSP path with stand-ins for them,
+ * then those channels by the plain path (tb_dsp.h). 0: not possible here. */
+static int pointwise_dsp_stand_ins(const tb_conv_params *p, tb_shape in, const int8_t *x,
+                                   tb_shape out, const int8_t *w, const int32_t *bias,
+                                   const int32_t *mult, const int32_t *shift, int8_t *y,
+                                   void *scratch)
+{
+    tb_dsp_stand_ins s;
+    if (!tb_dsp_fill_stand_ins(bias, shift, out.c, in.c, &s)) return 0;
+    pointwise_dsp(p, in, x, out, w, bias ? s.bias : NULL, mult, s.shift, y, scratch);
+    for (int32_t c = 0; c < out.c; c++)
+        if (!tb_dsp_channel_ok(bias, shift, c, in.c) &&
+            !tb_dsp_constant_channel(p, w + c * in.c, in.c, 1, bias ? bias[c] : 0, mult[c], shift[c],
+                                     y + c, in.h * in.w, out.c))
+            pointwise_plain(p, in, x, out, w, bias, mult, shift, y, c, c + 1);
+    return 1;
+}
 #endif
 
 tb_status tb_pointwise_conv_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
@@ -151,21 +183,16 @@ tb_status tb_pointwise_conv_s8(const tb_conv_params *p, tb_shape in, const int8_
         in.c <= 0 || out.c <= 0 || in.h <= 0 || in.w <= 0 || !tb_rounding_ok(p->rounding))
         return TB_ERR_ARG;
 #if TB_DSP
-    if (scratch && tb_dsp_requant_ok(bias, shift, out.c, in.c) &&
-        (tb_gemm_use_quad(in.c) || in.c <= TB_GEMM_TRIO_MAX_K)) {
-        int32_t *xs = (int32_t *)(((uintptr_t)scratch + 15u) & ~(uintptr_t)15u);
-        const int32_t n_pos = in.h * in.w;
-        if (tb_gemm_use_quad(in.c))
-            pointwise_quads(p, n_pos, in.c, x, out.c, w, bias, mult, shift, y, xs);
-        else
-            pointwise_trios(p, n_pos, in.c, x, out.c, w, bias, mult, shift, y, xs);
-        if (p->act_min != -128 || p->act_max != 127)
-            tb_dsp_clamp_s8(y, n_pos * out.c, p->act_min, p->act_max);
-        return TB_OK;
+    if (scratch && (tb_gemm_use_quad(in.c) || in.c <= TB_GEMM_TRIO_MAX_K)) {
+        if (tb_dsp_requant_ok(bias, shift, out.c, in.c)) {
+            pointwise_dsp(p, in, x, out, w, bias, mult, shift, y, scratch);
+            return TB_OK;
+        }
+        if (pointwise_dsp_stand_ins(p, in, x, out, w, bias, mult, shift, y, scratch)) return TB_OK;
     }
 #else
     (void)scratch;
 #endif
-    pointwise_plain(p, in, x, out, w, bias, mult, shift, y);
+    pointwise_plain(p, in, x, out, w, bias, mult, shift, y, 0, out.c);
     return TB_OK;
 }

@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "tb_kernels.h"
+
 #if defined(__ARM_FEATURE_DSP) && !defined(TB_NO_DSP)
 #define TB_DSP 1
 #else
@@ -112,6 +114,36 @@ static inline int tb_dsp_requant_ok(const int32_t *bias, const int32_t *shift, i
 {
     return tb_dsp_shift_ok(shift, n) && tb_dsp_bias_ok(bias, n, fan_in);
 }
+
+/* Real models have a few channels outside those limits (dead channels: all-zero or tiny weights,
+ * weight scale ~1e-9, shift -29, bias near -2^31), and one of them used to send a whole layer down
+ * the plain path. Instead the DSP path runs over every channel with stand-ins for those (bias 0,
+ * shift -1: harmless values) and the kernel recomputes them by its plain path. */
+#define TB_DSP_MAX_STAND_INS 1024 /* channels of one call (8 KB of stack while it runs) */
+
+typedef struct {
+    int32_t bias[TB_DSP_MAX_STAND_INS], shift[TB_DSP_MAX_STAND_INS];
+} tb_dsp_stand_ins;
+
+static inline int tb_dsp_channel_ok(const int32_t *bias, const int32_t *shift, int32_t c,
+                                    int32_t fan_in)
+{
+    return tb_dsp_requant_ok(bias ? bias + c : NULL, shift + c, 1, fan_in);
+}
+
+/* s = bias and shift of n channels with the stand-ins; 0 when stand-ins cannot help (more than
+ * TB_DSP_MAX_STAND_INS channels, or a fan_in past the limit for every channel). In tb_dsp_gemm.c. */
+int tb_dsp_fill_stand_ins(const int32_t *bias, const int32_t *shift, int32_t n, int32_t fan_in,
+                          tb_dsp_stand_ins *s);
+
+/* Such a channel usually cannot vary: requantization is monotonic in the sum, so when the least
+ * and the greatest sum its n weights (at w, w + stride, ...) can make over every input value and
+ * padding requantize to one output, every output is that one. Then it is written at y, y +
+ * y_stride, ... (n_pos outputs) and the answer is 1, else 0 (the plain path recomputes the
+ * channel). Exact: the plain path's sums lie between those two, so it overflows nowhere then. */
+int tb_dsp_constant_channel(const tb_conv_params *p, const int8_t *w, int32_t n, int32_t stride,
+                            int32_t bias, int32_t mult, int32_t shift, int8_t *y, int32_t n_pos,
+                            int32_t y_stride);
 
 /* K = 2^(e-1) + out_off * 2^e for e = -shift in [1, 22] */
 TB_INLINE int32_t tb_dsp_rounding(int32_t e, int32_t out_off)

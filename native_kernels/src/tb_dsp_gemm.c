@@ -11,6 +11,8 @@
 #if TB_DSP
 #include <string.h>
 
+#include "tb_requant.h"
+
 /* ---------------------------------------------------------------- trio: 3 positions x 2 channels
  *
  * for each channel pair ("duo") until one whose second exponent word has bit 31 set (ASR uses
@@ -708,6 +710,47 @@ __attribute__((naked)) void tb_dsp_zero4(int32_t *p, int32_t gs, int32_t n)
         "bne 1b\n\t"
         "pop {r4-r7}\n\t"
         "bx lr\n\t");
+}
+
+int tb_dsp_fill_stand_ins(const int32_t *bias, const int32_t *shift, int32_t n, int32_t fan_in,
+                          tb_dsp_stand_ins *s)
+{
+    if (n > TB_DSP_MAX_STAND_INS || !tb_dsp_bias_ok(NULL, 0, fan_in)) return 0;
+    for (int32_t c = 0; c < n; c++) {
+        const int ok = tb_dsp_channel_ok(bias, shift, c, fan_in);
+        s->bias[c] = ok && bias ? bias[c] : 0;
+        s->shift[c] = ok ? shift[c] : -1;
+    }
+    return 1;
+}
+
+static int constant_output(const tb_conv_params *p, int64_t acc, int32_t mult, int32_t shift,
+                           int32_t *out)
+{
+    const int64_t shifted = shift > 0 ? acc * ((int64_t)1 << (shift > 31 ? 31 : shift)) : acc;
+    if (shifted < INT32_MIN || shifted > INT32_MAX) return 0;
+    *out = tb_clamp_i32(tb_requantize((int32_t)acc, mult, shift) + p->output_offset, p->act_min,
+                        p->act_max);
+    return 1;
+}
+
+int tb_dsp_constant_channel(const tb_conv_params *p, const int8_t *w, int32_t n, int32_t stride,
+                            int32_t bias, int32_t mult, int32_t shift, int8_t *y, int32_t n_pos,
+                            int32_t y_stride)
+{
+    const int32_t lo = -128 + p->input_offset, hi = 127 + p->input_offset;
+    int64_t least = bias, greatest = bias;
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t a = w[i * stride] * lo, b = w[i * stride] * hi; /* padding: 0 */
+        least += a < b ? (a < 0 ? a : 0) : (b < 0 ? b : 0);
+        greatest += a > b ? (a > 0 ? a : 0) : (b > 0 ? b : 0);
+    }
+    int32_t first, last;
+    if (!constant_output(p, least, mult, shift, &first) ||
+        !constant_output(p, greatest, mult, shift, &last) || first != last)
+        return 0;
+    for (int32_t q = 0; q < n_pos; q++) y[q * y_stride] = (int8_t)first;
+    return 1;
 }
 
 #else

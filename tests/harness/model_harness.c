@@ -12,10 +12,21 @@
  * SCRIPT: records of u8 kind (0 infer, 1 train step), u8 0, u16 label, f32 lr, then the model's
  * input bytes. OUT: per record i32 status, then infer: u16 label, u16 n, i8 logits[n];
  * train: f32 loss, u16 label_pred, u32 step; finally u32 params_bytes and the params region. */
+#define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "model.h"
+#include "port.h"
+
+/* The one port function the executor uses (its per-op profile, device/profile.c). */
+uint64_t tb_port_counter(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
 
 #define PAINT 0xA5u
 #define MAX_BLOBS 4096
