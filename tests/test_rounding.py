@@ -149,3 +149,35 @@ def test_avgpool_ties():
 def test_rounding_must_be_known():
     with pytest.raises(ValueError, match="rounding"):
         kernels.avgpool_global(np.zeros((2, 2, 1), np.int8), rounding="nearest")
+
+
+@pytest.mark.parametrize("kind, k, ci", [("pointwise", 1, 16), ("pointwise", 1, 96), ("conv2d", 3, 3),
+                                         ("depthwise", 3, 8), ("depthwise", 5, 8)])
+def test_single_rounding_with_channels_outside_the_fast_range(kind, k, ci):
+    """Channels the DSP requantization cannot take (a tiny multiplier with shift -29, a bias past
+    2^29, a shift >= 0): the DSP paths' stand-ins, constant fill and plain recompute, rounding
+    once (checked here against the definition; on the Cortex-M7 by the replay)."""
+    hw = 6
+    co = ci if kind == "depthwise" else 12
+    x = RNG.integers(-8, 8, (hw, hw, ci), dtype=np.int8)
+    bias = RNG.integers(-300, 300, co).astype(np.int32)
+    mult, shift = multipliers(co, lo=0.002, hi=0.05)
+    mult[0], shift[0] = 1 << 30, -29                    # dead: every output the same
+    bias[1] = -(1 << 30)                                # dead: saturated at -128
+    mult[2], shift[2], bias[2] = (1 << 30) + 12345, 0, 0  # M ~ 1/2 (shift >= 0): varies, plain path
+    q = dict(input_offset=0, output_offset=-5, rounding="single")
+    if kind == "pointwise":
+        w = RNG.integers(-8, 8, (co, ci), dtype=np.int8)
+        got = kernels.pointwise_conv(x, w, bias, mult, shift, **q)
+        acc = x.astype(np.int64) @ w.T.astype(np.int64) + bias
+    elif kind == "conv2d":
+        w = RNG.integers(-8, 8, (co, k, k, ci), dtype=np.int8)
+        got = kernels.conv2d(x, w, bias, mult, shift, stride=1, padding=1, **q)
+        acc = np.einsum("yxijc,oijc->yxo", windows(x, k, k, 1, 1, 1, hw, hw, 0), w.astype(np.int64)) + bias
+    else:
+        w = RNG.integers(-8, 8, (k, k, ci), dtype=np.int8)
+        got = kernels.depthwise_conv2d(x, w, bias, mult, shift, stride=1, padding=k // 2, **q)
+        acc = (windows(x, k, k, 1, k // 2, k // 2, hw, hw, 0) * w.astype(np.int64)).sum(axis=(2, 3)) + bias
+    want, exact = expected(acc, mult, shift, -5)
+    check(got, want, exact)
+    assert len(np.unique(got[..., 2])) > 1 and (got[..., 1] == -128).all()

@@ -729,8 +729,8 @@ static int constant_output(const tb_conv_params *p, int64_t acc, int32_t mult, i
 {
     const int64_t shifted = shift > 0 ? acc * ((int64_t)1 << (shift > 31 ? 31 : shift)) : acc;
     if (shifted < INT32_MIN || shifted > INT32_MAX) return 0;
-    *out = tb_clamp_i32(tb_requantize((int32_t)acc, mult, shift) + p->output_offset, p->act_min,
-                        p->act_max);
+    *out = tb_clamp_i32(tb_requantize_as(p->rounding, (int32_t)acc, mult, shift) + p->output_offset,
+                        p->act_min, p->act_max);
     return 1;
 }
 
