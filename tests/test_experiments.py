@@ -87,8 +87,8 @@ def test_order_experiment_tracks_positive_predictions(tmp_path):
         assert [r["step"] for r in run["records"]] == [0, 10, 20, 30, 40]
         shares = [r["positive_share"] for r in run["records"]]
         assert shares == [r["predicted_shares"][1] for r in run["records"]]
-        assert run["summary"]["positive_share_min"] == min(shares[1:])
-        assert run["summary"]["positive_share_max"] == max(shares[1:])
+        assert run["summary"]["positive_share_min"] == min(shares[3:])   # the second half: steps 30 and 40
+        assert run["summary"]["positive_share_max"] == max(shares[3:])
     assert saved["data"]["val_positive_share"] == 0.5
 
 
