@@ -12,6 +12,7 @@ from PIL import Image
 
 import tiny_model
 from coco_files import person_set, write_coco
+from sim_helpers import require_arm_tools
 from tinybridge import compile, experiments
 from tinybridge.errors import TinyBridgeError
 
@@ -132,6 +133,14 @@ def test_lr_and_scheme_sweeps(tmp_path):
     assert last1["sram"] == compile("mcunet-5fps", num_classes=2, update="last:1", input_shape=(32, 32, 3)).memory.sram
     assert last1["params"] < paper["params"] and last1["sram"] < paper["sram"]
     assert saved["setup"]["update"] == "swept" and saved["device"]["board"] == "sim"
+
+
+def test_qemu_runs_the_same_experiment_as_the_sim(tmp_path):
+    require_arm_tools()
+    runs = {device: experiments.run("steps", setup(tmp_path / device, device=device, train_per_class=5,
+                                                   val_per_class=3, eval_steps=(5,)))["runs"][0]
+            for device in ("sim", "qemu")}
+    assert runs["qemu"]["records"] == runs["sim"]["records"] and runs["qemu"]["trace"] == runs["sim"]["trace"]
 
 
 def test_setup_errors(tmp_path):

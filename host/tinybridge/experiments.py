@@ -505,10 +505,12 @@ def evaluation_report(result, classes):
     if result["average"] == "binary":
         lines.append("(binary: the metrics of class %r)" % classes[1])
     lines.append("confusion (rows: true class, columns: predicted)")
+    names = ["%d %s" % (c, name) for c, name in enumerate(classes)]
+    width = max(len(name) for name in names)
     cell = max(5, *(len(str(v)) for row in result["confusion"] for v in row))
     lines.append("%-*s  %s" % (width, "", " ".join("%*d" % (cell, c) for c in range(len(classes)))))
-    for c, row in enumerate(result["confusion"]):
-        lines.append("%-*s  %s" % (width, "%d %s" % (c, classes[c]), " ".join("%*d" % (cell, v) for v in row)))
+    for name, row in zip(names, result["confusion"]):
+        lines.append("%-*s  %s" % (width, name, " ".join("%*d" % (cell, v) for v in row)))
     return "\n".join(lines)
 
 
