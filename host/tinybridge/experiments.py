@@ -57,7 +57,8 @@ class Setup:
     tinybridge.Model or model blob file (it fixes the head and what trains). input_shape: the zoo
     models' (default 128x128x3). steps: training steps per run (default epochs x training images;
     passes over the images repeat in `order`). eval_steps / eval_every: evaluate at these steps /
-    every N steps, besides step 0 and the last. train_per_class / val_per_class: how many images
+    every N steps, besides step 0 and the last (steps: default DEFAULT_EVAL_STEPS; order: every
+    ORDER_EVAL_EVERY). train_per_class / val_per_class: how many images
     (default datasets.DEFAULT_PER_CLASS). device, connect_options: tinybridge.connect's."""
     data: object = "lfw"
     model: object = "mcunet-5fps"
@@ -369,6 +370,8 @@ def run(kind, setup=None, values=None, stem=None):
         raise ValueError("order must be one of %s, got %r" % (", ".join(ORDERS), setup.order))
     if values is not None and not len(values):
         raise ValueError("no values to run")
+    if setup.eval_every is not None and setup.eval_every < 1:
+        raise ValueError("eval_every must be at least 1, got %d" % setup.eval_every)
     if kind == "threshold" and (isinstance(setup.data, datasets.Split)
                                 or _data_spec(setup).kind not in ("vww", "coco-person")):
         raise TinyBridgeError("the threshold experiment needs COCO annotations: data vww:... or coco-person:...")
