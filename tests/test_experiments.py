@@ -127,9 +127,12 @@ def test_lr_and_scheme_sweeps(tmp_path):
     assert saved["runs"][0]["trace"]["image"] == saved["runs"][1]["trace"]["image"]   # only the rate differs
     assert saved["runs"][0]["trace"]["loss"] != saved["runs"][1]["trace"]["loss"]
     results = experiments.run("scheme", setup(tmp_path / "scheme", model="mcunet-5fps", input_shape=(32, 32, 3),
-                                              train_per_class=5, val_per_class=3, lr=None), values=["last:1", "49kb"])
+                                              train_per_class=5, val_per_class=3, lr=None),
+                              values=["last:1", "49kb", "full"])
     saved = check_files(results, tmp_path / "scheme", "scheme")
-    last1, paper = (r["summary"] for r in saved["runs"])
+    last1, paper, full = (r["summary"] for r in saved["runs"])
+    assert full["fits"] is False and full["sram"] > 256 * 1024 and saved["runs"][2]["records"] == []
+    assert "does not fit" in experiments.table(saved).splitlines()[3]
     assert last1["sram"] == compile("mcunet-5fps", num_classes=2, update="last:1", input_shape=(32, 32, 3)).memory.sram
     assert last1["params"] < paper["params"] and last1["sram"] < paper["sram"]
     assert saved["setup"]["update"] == "swept" and saved["device"]["board"] == "sim"
