@@ -117,9 +117,10 @@ def test_cli_load_info_infer_train(tmp_path):
     r = run_cli("--flash", flash, "load", str(blob))
     assert r.returncode == 0, r.stderr
     assert "2 classes" in r.stdout
-    r = run_cli("--flash", flash, "train", str(tmp_path / "data"), "--epochs", "2", "--save")
+    r = run_cli("--flash", flash, "train", "--data", "folder:%s" % (tmp_path / "data"), "--split", "all",
+                "--epochs", "2", "--save")
     assert r.returncode == 0, r.stderr
-    assert "trained 16 steps (device step 16)" in r.stdout and "saved checkpoint 1" in r.stdout
+    assert "trained 16 steps on 8 images (device step 16)" in r.stdout and "saved checkpoint 1" in r.stdout
     r = run_cli("--flash", flash, "infer", str(next((tmp_path / "data" / "face").iterdir())))
     assert r.returncode == 0 and re.search(r"\.png\t[01]\t", r.stdout)
     r = run_cli("--flash", flash, "info")

@@ -6,29 +6,34 @@
     tinybridge [-d DEV] info                 the device, its limits, its model, its counters
     tinybridge [-d DEV] load BLOB            upload and commit a model blob
     tinybridge [-d DEV] infer IMAGE...       predict image files
-    tinybridge [-d DEV] train FOLDER         train on an image folder (one subfolder per class)
+    tinybridge [-d DEV] train --data DATA    train the device's model on a dataset's training images
+    tinybridge [-d DEV] eval --data DATA     evaluate the device's model on a dataset's validation images
     tinybridge sim [--port N]                serve the sim device on TCP for any serial tool
     tinybridge [-d DEV] demo [--out DIR]     fine-tune MCUNet on the device: faces vs not, with a plot
+    tinybridge [-d DEV] experiment KIND [--data DATA] [--out DIR]
+                                             the paper's experiments: steps, samples, threshold, order,
+                                             lr, scheme (docs/experiments.md)
     tinybridge [-d DEV] bench SOURCE [--num-classes N] [--update SCHEME] [--steps N] [--top N]
                                              what a model costs on the device: per inference, per
                                              training step, per op; memory beside the plan
 
 DEV is "sim" (default), "qemu" (the firmware under QEMU), "auto" (first ST-LINK), a serial port or a
-pyserial URL. With the sim,
---flash FILE keeps its flash between commands. Errors are one line on stderr, exit status 1.
+pyserial URL. With the sim, --flash FILE keeps its flash between commands. DATA names a dataset
+(tinybridge.datasets): lfw, fashion-mnist[:CLASSES], folder:PATH, vww:ANNOTATIONS.json:IMAGES_DIR[:THRESHOLD],
+coco-person:ANNOTATIONS.json:IMAGES_DIR. Errors are one line on stderr, exit status 1.
 """
 import argparse
-import random
 import subprocess
 import sys
 import zlib
 
+import numpy as np
 
 from . import transport
-from .datasets import image_folder, load_image
+from .datasets import SPEC_FORMS, load_image, parse_spec
 from .device import connect
 from .errors import TinyBridgeError
-from .progress import progress_bar
+
 
 def open_device(args):
     return connect(args.device, timeout=args.timeout, flash=args.flash)
@@ -92,30 +97,44 @@ def cmd_infer(args):
             print("%s\t%d\t%s" % (path, p.label, " ".join("%.3f" % s for s in p.scores)))
 
 
+def load_split(args, spec, model, part):
+    """The images and labels of `part` of the dataset `spec` at the device model's input shape."""
+    data = spec.load(model.input_shape, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                     seed=args.seed)
+    if len(data.classes) != model.num_classes:
+        raise TinyBridgeError("%s has %d classes (%s); the model has %d"
+                              % (args.data, len(data.classes), ", ".join(data.classes), model.num_classes))
+    return data.part(part), data.classes
+
+
 def cmd_train(args):
-    paths, labels, classes = image_folder(args.folder)
+    from . import experiments
+
+    spec = parse_spec(args.data)
     with open_device(args) as dev:
         model = need_model(dev)
-        if len(classes) != model.num_classes:
-            raise TinyBridgeError("%s has %d classes (%s); the model has %d"
-                                  % (args.folder, len(classes), ", ".join(classes), model.num_classes))
-        images = [load_image(p, model.input_shape) for p in paths]
-        order = list(range(len(images)))
-        rng = random.Random(args.seed)
-        for epoch in range(1, args.epochs + 1):
-            rng.shuffle(order)
-            bar = progress_bar(len(order), "epoch %d/%d" % (epoch, args.epochs), unit="img")
-            loss_sum, correct = 0.0, 0
-            for done, i in enumerate(order, 1):
-                result = dev.train_step(images[i], labels[i], lr=args.lr)
-                loss_sum += result.loss
-                correct += result.label_pred == labels[i]
-                bar.set_postfix_str("loss %.3f acc %.1f%%" % (loss_sum / done, 100.0 * correct / done))
-                bar.update_to(done)
-            bar.close()
+        (images, labels), _ = load_split(args, spec, model, args.split)
+        steps = args.steps or args.epochs * len(labels)
+        sequence = experiments.training_sequence(labels, steps, args.order, np.random.default_rng(args.seed),
+                                                 args.run_length)
+        experiments.train(dev, images, labels, sequence, lr=args.lr)
         if args.save:
             print("saved checkpoint %d" % dev.save())
-        print("trained %d steps (device step %d)" % (args.epochs * len(order), result.step))
+        print("trained %d steps on %d images (device step %d)" % (steps, len(labels), dev.info()["model"]["step"]))
+
+
+def cmd_eval(args):
+    from . import experiments
+
+    spec = parse_spec(args.data)
+    with open_device(args) as dev:
+        model = need_model(dev)
+        (images, labels), classes = load_split(args, spec, model, args.split)
+        result = experiments.evaluate(dev, images, labels, "evaluate %s (%s)" % (args.data, args.split))
+    print(experiments.evaluation_report(result, classes))
+    if args.out:
+        experiments.write_evaluation(result, dict(data=args.data, split=args.split, seed=args.seed, classes=classes,
+                                                  model_crc32=model.crc32), args.out)
 
 
 def cmd_sim(args):
@@ -153,17 +172,103 @@ def cmd_bench(args):
     print(bench.report(result, top=args.top))
 
 
+def _setup(args):
+    from . import experiments
+
+    return experiments.Setup(
+        data=args.data, model=args.model, update=args.update, lr=args.lr, epochs=args.epochs, steps=args.steps,
+        order=args.order, run_length=args.run_length, eval_steps=args.eval_steps or (), eval_every=args.eval_every,
+        train_per_class=args.train_per_class, val_per_class=args.val_per_class, seed=args.seed, device=args.device,
+        connect_options=dict(timeout=args.timeout, flash=args.flash), out=args.out,
+        input_shape=(args.resolution, args.resolution, 3) if args.resolution else None)
+
+
 def cmd_demo(args):
     from . import demo
 
-    steps = tuple(int(v) for v in args.eval_steps.split(",")) if args.eval_steps else demo.EVAL_STEPS
-    demo.run(device=args.device, model=args.model, update=args.update, epochs=args.epochs, eval_steps=steps,
-             lr=args.lr, out=args.out, seed=args.seed, train_images=args.train_images, val_images=args.val_images,
-             connect_options=dict(timeout=args.timeout, flash=args.flash))
+    demo.run(_setup(args))
+
+
+def cmd_experiment(args):
+    from . import experiments
+
+    experiments.run(args.kind, _setup(args), values=getattr(args, "values", None))
+
+
+def int_list(text):
+    return tuple(int(v) for v in text.split(","))
+
+
+def float_list(text):
+    return tuple(float(v) for v in text.split(","))
+
+
+def thresholds(text):
+    """"coco" (plain COCO labels) or fractions of the image area."""
+    return tuple(None if v == "coco" else float(v) for v in text.split(","))
+
+
+def words(text):
+    return tuple(text.split(","))
+
+
+def data_options(split=None, data_default=None):
+    """--data and how to split it (train, eval, experiment, demo)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data", required=data_default is None, default=data_default,
+                   help="dataset: " + " | ".join(SPEC_FORMS) + ("" if data_default is None else
+                                                                " (default %s)" % data_default))
+    p.add_argument("--train-per-class", type=int, help="training images per class (default: the dataset's)")
+    p.add_argument("--val-per-class", type=int, help="validation images per class (default: the dataset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training order (default 0)")
+    if split:
+        p.add_argument("--split", choices=("train", "val", "all"), default=split,
+                       help="which images of the dataset (default %s)" % split)
+    return p
+
+
+def training_options(epochs):
+    """How to train (train, experiment, demo)."""
+    from .experiments import ORDERS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--epochs", type=int, default=epochs, help="passes over the training images (default %d)" % epochs)
+    p.add_argument("--steps", type=int, help="training steps instead (passes repeat in ORDER)")
+    p.add_argument("--order", choices=ORDERS, default="shuffled",
+                   help="label order: shuffled (default), interleaved (classes take turns), "
+                        "blocked (runs of one class)")
+    p.add_argument("--run-length", type=int, default=20,
+                   help="images per run of one class in blocked order (default 20)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    return p
+
+
+def experiment_options(model="mcunet-5fps", update=None):
+    """The model each run compiles and where results go (experiment, demo)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", default=model, help="zoo model, .tflite file or compiled model blob (default %s)" % model)
+    p.add_argument("--update", default=update,
+                   help="what trains (default: the paper's 49kb for zoo models; 'bias', 'last:N', ...)")
+    p.add_argument("--resolution", type=int, help="zoo models' input R x R x 3 (default 128)")
+    p.add_argument("--eval-steps", type=int_list,
+                   help="comma-separated steps to evaluate at (step 0 and the last always; steps and demo: "
+                        "default 0,50,100,150,200)")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps too (order: default 10)")
+    p.add_argument("--out", default=".", help="where the CSV, JSON and PNG go (default .)")
+    return p
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors too are one line on stderr with exit status 1."""
+
+    def error(self, message):
+        self.exit(1, "tinybridge: error: %s (%s --help)\n" % (message, self.prog))
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="tinybridge", description="Drive a tinybridge device.")
+    from . import demo
+
+    p = Parser(prog="tinybridge", description="Drive a tinybridge device.")
     p.add_argument("-d", "--device", default="sim", help='"sim" (default), "auto", a serial port or a pyserial URL')
     p.add_argument("--flash", help="the sim's flash image file (kept between commands)")
     p.add_argument("-t", "--timeout", type=float, default=5.0, help="seconds to wait for each answer")
@@ -186,26 +291,20 @@ def parser():
     s = sub.add_parser("infer", help="predict image files")
     s.add_argument("images", nargs="+")
     s.set_defaults(run=cmd_infer)
-    s = sub.add_parser("train", help="train on FOLDER/<class>/<image>")
-    s.add_argument("folder")
-    s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
-    s.add_argument("--seed", type=int, default=0, help="shuffling seed")
+    s = sub.add_parser("train", help="train the device's model on a dataset",
+                       parents=[data_options(split="train"), training_options(epochs=1)])
     s.add_argument("--save", action="store_true", help="persist the trained parameters at the end")
     s.set_defaults(run=cmd_train)
+    s = sub.add_parser("eval", help="evaluate the device's model on a dataset", parents=[data_options(split="val")])
+    s.add_argument("--out", help="write eval-results.json and eval.csv into this folder")
+    s.set_defaults(run=cmd_eval)
     s = sub.add_parser("sim", help="serve the sim device on a TCP port")
     s.add_argument("--port", type=int, default=2217)
     s.set_defaults(run=cmd_sim)
-    s = sub.add_parser("demo", help="fine-tune a pretrained network on the device, faces vs not (docs/results.md)")
-    s.add_argument("--model", default="mcunet-5fps", help="zoo model (default mcunet-5fps)")
-    s.add_argument("--update", default="49kb", help="training scheme (default 49kb, a paper scheme)")
-    s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--eval-steps", help="comma-separated steps to evaluate at (default 0,50,100,150,200)")
-    s.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
-    s.add_argument("--seed", type=int, default=0, help="data split and order seed")
-    s.add_argument("--train-images", type=int, help="use only this many training images (quick runs)")
-    s.add_argument("--val-images", type=int, help="use only this many validation images (quick runs)")
-    s.add_argument("--out", default=".", help="where demo-results.json and demo.png go (default .)")
+    s = sub.add_parser("demo", help="fine-tune a pretrained network on the device, faces vs not (docs/results.md)",
+                       parents=[data_options(data_default=demo.SETUP["data"]),
+                                training_options(epochs=demo.SETUP["epochs"]),
+                                experiment_options(model=demo.SETUP["model"])])
     s.set_defaults(run=cmd_demo)
     s = sub.add_parser("bench", help="what a model costs on the device: per inference, training step and op")
     s.add_argument("source", help='a zoo model ("mbv2-w0.35", "mcunet-5fps", "proxyless-w0.3"), a .tflite file '
@@ -215,6 +314,24 @@ def parser():
     s.add_argument("--steps", type=int, default=3, help="inferences and training steps to run (default 3)")
     s.add_argument("--top", type=int, default=None, help="list only the N costliest ops")
     s.set_defaults(run=cmd_bench)
+    s = sub.add_parser("experiment", help="run one of the paper's experiments (docs/experiments.md)")
+    kinds = s.add_subparsers(dest="kind", required=True)
+    parents = [data_options(data_default="lfw"), training_options(epochs=1), experiment_options()]
+    kinds.add_parser("steps", parents=parents, help="one run, evaluated at --eval-steps")
+    for kind, summary, option, parse, help_text in (
+            ("samples", "the number of training images (same steps)", "--counts", int_list,
+             "training images per class, e.g. 5,10,20 (default: 1,2,5,10,20,50,... up to all)"),
+            ("threshold", "the person-area threshold of COCO training labels", "--thresholds", thresholds,
+             "training labels: 'coco' (any person annotation) or person-area fractions (default coco,0.001,0.005,"
+             "0.02,0.05,0.1,0.2); evaluated on --data's labels"),
+            ("order", "the label order: shuffled, interleaved, blocked", "--orders", words,
+             "label orders (default shuffled,interleaved,blocked)"),
+            ("lr", "the learning rate", "--rates", float_list, "learning rates (default 0.001,0.003,0.005,0.01,0.03)"),
+            ("scheme", "what trains (update scheme), with its memory", "--schemes", words,
+             "update schemes (default last:1,bias and the zoo model's paper schemes)")):
+        k = kinds.add_parser(kind, parents=parents, help="sweep " + summary)
+        k.add_argument(option, dest="values", metavar=option[2:].upper(), type=parse, help=help_text)
+    s.set_defaults(run=cmd_experiment)
     return p
 
 

@@ -3,12 +3,13 @@ import numpy as np
 
 
 def classification_metrics(labels, predictions, num_classes):
-    """accuracy, precision, recall, f1, n, average, confusion.
+    """accuracy, precision, recall, f1, n, average, confusion, per_class.
 
     Two classes: binary metrics of class 1 (the positive class, e.g. "person" in Visual Wake
     Words). More: macro averages over the classes that occur in `labels` or `predictions`.
     A class never predicted has precision 0, one never present recall 0 (as scikit-learn's
-    zero_division=0). confusion[t][p] counts true label t predicted as p.
+    zero_division=0). confusion[t][p] counts true label t predicted as p. per_class: lists of
+    each class's precision, recall, f1 and support (its true count).
     """
     labels = np.asarray(labels, dtype=np.int64)
     predictions = np.asarray(predictions, dtype=np.int64)
@@ -36,4 +37,6 @@ def classification_metrics(labels, predictions, num_classes):
         "n": n,
         "average": average,
         "confusion": confusion.tolist(),
+        "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+                      "support": actual.tolist()},
     }
