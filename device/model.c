@@ -291,7 +291,6 @@ static int check_tensor_fields(check *c)
         const tb_blob_tensor *t = &m->tensors[i];
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)i);
         if (!t->h || !t->w || !t->c) return reject(c, "empty shape");
-        if (t->reserved1) return reject(c, "reserved field set");
         if (t->zero_point < -128 || t->zero_point > 127)
             return reject(c, "zero point %ld out of range", (long)t->zero_point);
         if (!finite(t->scale) || t->scale <= 0.0f) return reject(c, "scale not finite and > 0");
@@ -310,6 +309,8 @@ static int check_tensor_buffers(check *c)
         int rc;
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)i);
         if (producer(m, i) < 0 && i != m->header->input_tensor) return reject(c, "no op produces it");
+        if (producer(m, i) < 0 && t->scale_positions)
+            return reject(c, "scaled by positions but no op produces it");
         const uint64_t value_bytes = t->stream_rows ? (uint64_t)t->stream_rows * t->w * t->c : n;
         if ((rc = work_buffer(c, "value", t->buffer, value_bytes, 1)) ||
             (rc = work_buffer(c, "grad", t->grad, n, grad)) ||
@@ -566,11 +567,16 @@ static int check_training(check *c, uint32_t i, uint32_t *next_param)
     const uint64_t wgrad_n = chunked ? per_channel * op->wgrad_chunk : per_channel;
     const uint64_t in_positions = op->kind == TB_OP_FULLY_CONNECTED ? 1 : (uint64_t)in->h * in->w;
     const uint64_t out_positions = (uint64_t)out->h * out->w;
+    /* the output gradient scaled a few positions at a time for the input gradient */
+    const uint64_t positions = out->scale_positions;
+    if (positions && (op->kind != TB_OP_POINTWISE || !weights || !grad_in || positions >= out_positions))
+        return reject(c, "output gradient scaled by %u positions: not allowed", out->scale_positions);
     if (sliced &&
         ((rc = work_buffer(c, "weight_work", op->weight_work,
                            op->wgrad_chunk * (weight_bytes(m, op) / out->c + out_positions), 1)) ||
          (rc = work_buffer(c, "grad_sel", op->grad_sel,
-                           4 * op->n_channels * (grad_in ? in_positions : 1), 1))))
+                           4 * op->n_channels * (grad_in ? (positions ? positions : in_positions) : 1),
+                           1))))
         return rc;
     if (!sliced && op->grad_sel != TB_BLOB_NONE) return reject(c, "unexpected grad_sel buffer");
     /* a chunked input gradient: grad_chunk input channels at a time */
@@ -590,7 +596,8 @@ static int check_training(check *c, uint32_t i, uint32_t *next_param)
     const int32_t grad_scratch = grad_in && dense ? tb_pointwise_input_grad_s8_scratch_bytes(out->c) : 0;
     if ((rc = work_buffer(c, "bias_grad", op->bias_grad, 4ull * out->c, bias)) ||
         (rc = work_buffer(c, "weight_grad", op->weight_grad, 4 * wgrad_n, weights)) ||
-        (rc = work_buffer(c, "grad_scaled", op->grad_scaled, tensor_size(out),
+        (rc = work_buffer(c, "grad_scaled", op->grad_scaled,
+                          positions ? (positions + 2) * out->c : tensor_size(out),
                           grad_in && weighted && weights)) ||
         (rc = work_buffer(c, "grad_acc", op->grad_acc, acc_bytes, acc_bytes > 0)) ||
         (rc = work_buffer(c, "grad_scratch", op->grad_scratch, (uint64_t)grad_scratch,

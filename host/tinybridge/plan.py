@@ -23,15 +23,18 @@ What the plan does beyond giving every buffer its own lifetime:
 * an input gradient is requantized into its own int32 accumulator's memory, which becomes the
   input's gradient (tb_grad_requantize_s32_s8 allows that alias); or, for a large accumulator, it is
   computed a few input channels at a time, twice (the exponent needs the whole tensor's maximum);
+* a pointwise op's output gradient, scaled by the weight scales for its input gradient, is made a
+  few positions at a time where the op trains its weights (which need the unscaled one), each chunk
+  scaled together with the largest |g| of each channel so that it gets the whole tensor's exponent;
 * sliced weights: the params region holds only the trained input channels of a conv2d, pointwise
   or fully connected weight; the forward assembles the weights of a few output channels at a time
   in a `weight_work` buffer (with their outputs), the input gradient adds the trained channels'
   part separately (`grad_sel`).
 
 Buffers are placed first fit, in three orders (largest first, largest area first, earliest first),
-keeping the smallest arena; streaming, slicing and chunking are chosen where they lower it.
+keeping the smallest arena; streaming, slicing, chunking and positions are chosen where they lower it.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import graph as G
 from .kernels import _checks, conv_params
@@ -52,7 +55,7 @@ ROLE_OF = {"buffer": "activation", "mask": "mask", "grad": "gradient", "scratch"
 EXACT = None            # Buffer.over: an overlap allowed only at the same offset
 ANYWHERE = -float("inf")  # Buffer.over: any overlap (scratch of ops taking turns)
 MAX_RUN = 6             # streamable tensors weighed together
-MAX_TRIALS = 16         # rounds of trying whole weights or a (smaller) chunked input gradient at the peak
+MAX_TRIALS = 64         # rounds of trying whole weights, (smaller) chunks or positions at the peak
 
 
 def _align4(n):
@@ -96,11 +99,12 @@ class Buffer:
 class Plan:
     """Buffers (offset, size) and which buffer each tensor and op field uses (an index into
     `buffers`, or None). `stream_rows`: tensor -> rows its buffer holds when it streams;
-    `grad_chunk`: op -> input channels per chunk of a chunked input gradient. `steps` names the
+    `grad_chunk`: op -> input channels per chunk of a chunked input gradient; `scale_positions`:
+    op -> output positions per chunk of its scaled output gradient. `steps` names the
     timeline's steps (None for a plan read from a blob)."""
 
     def __init__(self, buffers, tensor_refs, op_refs, wgrad_chunk, params_bytes, arena_bytes, steps=None,
-                 stream_rows=None, grad_chunk=None):
+                 stream_rows=None, grad_chunk=None, scale_positions=None):
         self.buffers = buffers
         self.tensor_refs = tensor_refs      # tensor name -> {field: buffer index or None}
         self.op_refs = op_refs              # op name -> {field: buffer index or None}
@@ -110,6 +114,7 @@ class Plan:
         self.steps = steps
         self.stream_rows = stream_rows or {}
         self.grad_chunk = grad_chunk or {}
+        self.scale_positions = scale_positions or {}
 
     def live(self, step):
         """The buffers live at `step`."""
@@ -303,7 +308,13 @@ def weight_slice(op, weights):
     return weights[..., op.channels]
 
 
-def _op_buffer_sizes(g, i, needs, wgrad_chunk, sliced, grad_chunk):
+def scaled_bytes(g, op, positions):
+    """grad_scaled bytes of an output gradient scaled `positions` positions at a time: the largest
+    |g| of each channel, then a chunk's rows and one more, that largest row (docs/blob-format.md)."""
+    return (positions + 2) * g.tensors[op.output].shape[2]
+
+
+def _op_buffer_sizes(g, i, needs, wgrad_chunk, sliced, grad_chunk, positions):
     """{field: bytes} of op i's buffers that the blob format requires (docs/blob-format.md)."""
     op = g.ops[i]
     x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
@@ -330,7 +341,7 @@ def _op_buffer_sizes(g, i, needs, wgrad_chunk, sliced, grad_chunk):
             sizes["weight_param"] = per_channel * c
             sizes["weight_work"] = _weight_work_bytes(op, y, wgrad_chunk)
             in_positions = x.size // x.shape[2] if op.kind != "fully_connected" else 1
-            sizes["grad_sel"] = 4 * n_sel * (in_positions if grad_in else 1)
+            sizes["grad_sel"] = 4 * n_sel * ((positions or in_positions) if grad_in else 1)
         else:
             sizes["weight_param"] = op.weights.size
         if momentum:
@@ -339,7 +350,7 @@ def _op_buffer_sizes(g, i, needs, wgrad_chunk, sliced, grad_chunk):
     if grad_in:
         sizes["grad_acc"] = grad_chunk_bytes(g, op, grad_chunk) if grad_chunk else 4 * x.size
         if op.train_weights:
-            sizes["grad_scaled"] = y.size
+            sizes["grad_scaled"] = scaled_bytes(g, op, positions) if positions else y.size
         if op.kind in ("pointwise", "fully_connected"):
             scratch = _checks.lib.tb_pointwise_input_grad_s8_scratch_bytes(c)
             if scratch > 0:
@@ -442,47 +453,86 @@ def _streamed(g, needs, consumers):
 
 # ---------------- the plan ----------------
 
+@dataclass(frozen=True)
+class _Choices:
+    """What the trials at the peak choose: the ops with sliced weights, input channels per chunk of
+    a chunked input gradient (op -> k), positions per chunk of a scaled output gradient (op -> k)."""
+    sliced: frozenset
+    chunked: dict
+    positions: dict
+
+    def without(self, field, name):
+        return replace(self, **{field: {k: v for k, v in getattr(self, field).items() if k != name}})
+
+    def including(self, field, name, value):
+        return replace(self, **{field: {**getattr(self, field), name: value}})
+
+
 def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True):
     """Plan graph g's arena. wgrad_bytes bounds each weight-gradient chunk. overlap=False plans
     every buffer apart and keeps whole weights (no streaming, in-place op, sliced weights, nor
-    chunked or in-place input gradient): the same results with more memory."""
+    chunked or in-place input gradient, nor an output gradient scaled by positions): the same
+    results with more memory."""
     g.validate()
     needs = g.needs_output_grad()
     consumers = _consumers(g)
     stream = _streamed(g, needs, consumers) if overlap else {}
-    sliced = {op.name for op in g.ops if overlap and op.kind in SLICEABLE and partially_trained(op)}
-    chunked = {}
+    sliced = frozenset(op.name for op in g.ops if overlap and op.kind in SLICEABLE and partially_trained(op))
+    choices = _Choices(sliced, {}, {})
 
-    best = _layout(g, needs, consumers, stream, sliced, chunked, wgrad_bytes, overlap)
+    def layout(c):
+        return _layout(g, needs, consumers, stream, c, wgrad_bytes, overlap)
+
+    best = layout(choices)
     if not overlap:
         return best
-    # at the peak, try whole weights for a sliced op or chunks for an input gradient; keep the best
+    # at the peak, try whole weights for a sliced op, chunks for an input gradient or an output
+    # gradient scaled a position at a time; keep the best
     for _ in range(MAX_TRIALS):
         peak, _ = best.peak_step
         trials = []
         for op in g.ops:
             refs = best.op_refs[op.name]
-            if op.name in sliced and any(best.buffers[refs[f]].live_at(peak) for f in ("weight_work", "grad_sel")):
-                trials.append((sliced - {op.name}, chunked))
-            if refs["grad_acc"] is not None and best.buffers[refs["grad_acc"]].live_at(peak) \
-                    and _chunkable(g, needs, sliced, op):
-                channels = chunked[op.name] // 2 if op.name in chunked else g.tensors[op.inputs[0]].shape[2] // 8
-                if channels >= 1:
-                    trials.append((sliced, dict(chunked, **{op.name: channels})))
+
+            def live(field):
+                return refs[field] is not None and best.buffers[refs[field]].live_at(peak)
+
+            if op.name in choices.sliced and (live("weight_work") or live("grad_sel")):
+                trials.append(replace(choices, sliced=choices.sliced - {op.name}))
+            if live("grad_acc") and _chunkable(g, needs, choices.sliced, op):
+                k = choices.chunked[op.name] // 2 if op.name in choices.chunked \
+                    else g.tensors[op.inputs[0]].shape[2] // 8
+                if k >= 1:
+                    trials.append(choices.including("chunked", op.name, k))
+            if (live("grad_scaled") or live("grad_sel")) and scalable_by_positions(g, needs, op) \
+                    and choices.positions.get(op.name) != 1:
+                trials.append(choices.including("positions", op.name, 1))
         better = None
-        for sliced_trial, chunked_trial in trials:
-            trial = _layout(g, needs, consumers, stream, sliced_trial, chunked_trial, wgrad_bytes, overlap)
+        for trial_choices in trials:
+            trial = layout(trial_choices)
             if _cost(trial) < _cost(better[0] if better else best):
-                better = trial, sliced_trial, chunked_trial
+                better = trial, trial_choices
         if better is None:
             break
-        best, sliced, chunked = better
-    # a chunked input gradient costs a second pass: keep only those the arena needs
-    for name in list(chunked):
-        trial_chunked = {k: v for k, v in chunked.items() if k != name}
-        trial = _layout(g, needs, consumers, stream, sliced, trial_chunked, wgrad_bytes, overlap)
+        best, choices = better
+    # a chunked input gradient costs a second pass, an output gradient scaled by positions more
+    # calls of the input-gradient kernel: keep only those the arena needs, with the most positions
+    for name in list(choices.chunked):
+        trial = layout(choices.without("chunked", name))
         if trial.arena_bytes <= best.arena_bytes:
-            best, chunked = trial, trial_chunked
+            best, choices = trial, choices.without("chunked", name)
+    for name in list(choices.positions):
+        n_pos = g.tensors[g.op(name).output].size // g.tensors[g.op(name).output].shape[2]
+        candidates = [choices.without("positions", name)]
+        k = n_pos // 2
+        while k > choices.positions[name]:
+            candidates.append(choices.including("positions", name, k))
+            k //= 2
+        for trial_choices in candidates:
+            trial = layout(trial_choices)
+            if trial.arena_bytes <= best.arena_bytes:
+                best, choices = trial, trial_choices
+                break
     return best
 
 
@@ -504,7 +554,16 @@ def _chunkable(g, needs, sliced, op):
         and op.name not in sliced and g.tensors[op.inputs[0]].shape[2] > 1
 
 
-def _layout(g, needs, consumers, stream, sliced, chunked, wgrad_bytes, overlap):
+def scalable_by_positions(g, needs, op):
+    """May op's output gradient be scaled a few positions at a time for its input gradient: a
+    pointwise op that trains its weights (so the unscaled gradient stays for them) and sends a
+    gradient to its input, at more than one position."""
+    y = g.tensors[op.output]
+    return op.kind == "pointwise" and op.train_weights and g.grad_to_input(op, 0, needs) and y.size > y.shape[2]
+
+
+def _layout(g, needs, consumers, stream, choices, wgrad_bytes, overlap):
+    sliced, chunked = choices.sliced, choices.chunked
     n = len(g.ops)
     steps = ["forward %s (%s)" % (op.name, op.kind) + (" -> streamed" if op.output in stream else "")
              for op in g.ops] + ["loss"]
@@ -554,7 +613,8 @@ def _layout(g, needs, consumers, stream, sliced, chunked, wgrad_bytes, overlap):
     for i, op in enumerate(g.ops):
         chunked_wgrad = op.train_weights and op.kind != "depthwise"
         wgrad_chunk[op.name] = _chunk_for(op, g.tensors[op.output].shape[2], wgrad_bytes) if chunked_wgrad else 0
-        sizes = _op_buffer_sizes(g, i, needs, wgrad_chunk[op.name], op.name in sliced, chunked.get(op.name))
+        sizes = _op_buffer_sizes(g, i, needs, wgrad_chunk[op.name], op.name in sliced, chunked.get(op.name),
+                                 choices.positions.get(op.name))
         refs = op_refs[op.name] = dict.fromkeys(OP_FIELDS)
         for field in PARAM_FIELDS:
             if field in sizes:
@@ -597,7 +657,8 @@ def _layout(g, needs, consumers, stream, sliced, chunked, wgrad_bytes, overlap):
 
     params_bytes = _align4(params_end)
     arena = _place(buffers, params_bytes)
-    return Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params_bytes, arena, steps, stream, dict(chunked))
+    return Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params_bytes, arena, steps, stream, dict(chunked),
+                dict(choices.positions))
 
 
 # Orders in which _place tries the buffers; it keeps the placement with the smallest arena.
