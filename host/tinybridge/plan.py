@@ -31,10 +31,14 @@ What the plan does beyond giving every buffer its own lifetime:
   in a `weight_work` buffer (with their outputs), the input gradient adds the trained channels'
   part separately (`grad_sel`).
 
-Buffers are placed first fit, in three orders (largest first, largest area first, earliest first),
-keeping the smallest arena; streaming, slicing, chunking and positions are chosen where they lower it.
+Buffers are placed first fit, in four orders (largest first, largest area first, earliest first, the
+long-lived ones stacked first), the best of them again with the buffers that reach the top of the
+arena moved to the front while that lowers it; streaming, slicing, chunking and positions are chosen
+where they lower the arena.
 """
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from . import graph as G
 from .kernels import _checks, conv_params
@@ -661,34 +665,56 @@ def _layout(g, needs, consumers, stream, choices, wgrad_bytes, overlap):
                 dict(choices.positions))
 
 
-# Orders in which _place tries the buffers; it keeps the placement with the smallest arena.
+# Orders in which _place tries the buffers; it keeps the placement with the smallest arena. The
+# last one stacks the buffers that live long (saved for the backward pass: they die in the reverse
+# order of their birth, so they pile up without gaps) before the others, largest first.
+LONG_LIVED = 20         # steps
 _ORDERS = (lambda b: (-b.size, b.first),
            lambda b: (-b.size * (b.last - b.first + 1), b.first),
-           lambda b: (b.first, -b.size))
+           lambda b: (b.first, -b.size),
+           lambda b: (0, b.first, 0) if b.last - b.first > LONG_LIVED else (1, -b.size, b.first))
+MAX_BUMPS = 8           # rounds of placing the buffers at the top of the arena first
 
 
-def _forbidden(b, i, p, j):
-    """Offsets [lo, hi) where buffer b (index i) may not go, given placed buffer p (index j)."""
-    overlapping = (p.offset - b.size + 1, p.offset + p.size)
+def _forbidden(b, i, p, j, at):
+    """Offsets [lo, hi) where buffer b (index i) may not go, given buffer p (index j) placed at
+    offset `at`."""
+    overlapping = (at - b.size + 1, at + p.size)
     if b.over and j in b.over:            # b may overlap p from below
         if b.over[j] is EXACT:
-            return [(overlapping[0], p.offset), (p.offset + 1, overlapping[1])]
-        return [(max(overlapping[0], p.offset - b.over[j] + 1), overlapping[1])]
+            return [(overlapping[0], at), (at + 1, overlapping[1])]
+        return [(max(overlapping[0], at - b.over[j] + 1), overlapping[1])]
     if p.over and i in p.over:            # p may overlap b from below
         if p.over[i] is EXACT:
-            return [(overlapping[0], p.offset), (p.offset + 1, overlapping[1])]
-        return [(overlapping[0], min(overlapping[1], p.offset + p.over[i]))]
+            return [(overlapping[0], at), (at + 1, overlapping[1])]
+        return [(overlapping[0], min(overlapping[1], at + p.over[i]))]
     return [overlapping]
+
+
+def _meeting(buffers, work):
+    """{i: [j, ...]}: the buffers of `work` (indices) whose lifetimes, first to last step, meet
+    buffer i's."""
+    first = np.array([buffers[i].first for i in work])
+    last = np.array([buffers[i].last for i in work])
+    both = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
+    np.fill_diagonal(both, False)
+    return {i: [work[k] for k in np.flatnonzero(row)] for i, row in zip(work, both)}
 
 
 def _place(buffers, base):
     """Places the work buffers first fit: each at the lowest offset >= base where it overlaps no
-    placed buffer live at a common step (but as Buffer.over allows), taken in each of _ORDERS;
+    placed buffer live at a common step (but as Buffer.over allows), taken in each of _ORDERS,
+    then again with the buffers that reach the top moved to the front while that lowers the arena;
     keeps the smallest arena and returns its end."""
-    work = [(i, b) for i, b in enumerate(buffers) if b.live is not None]
+    work = [i for i, b in enumerate(buffers) if b.live is not None]
+    meets = _meeting(buffers, work)
+    # pairs that may overlap as Buffer.over allows; the others may not overlap at all
+    sharing = {(i, j) for i in work for j in (buffers[i].over or ())} | \
+              {(j, i) for i in work for j in (buffers[i].over or ())}
     # an output that may overlap its input from below goes just before that input (and so on down
     # a chain of them)
-    below = {i: j for i, b in work if b.over for j, down in b.over.items() if down is not EXACT and down >= 0}
+    below = {i: j for i in work if buffers[i].over
+             for j, down in buffers[i].over.items() if down is not EXACT and down >= 0}
 
     def chain(i):
         depth = 0
@@ -696,24 +722,37 @@ def _place(buffers, base):
             i, depth = below[i], depth + 1
         return buffers[i], depth
 
-    best = None
-    for key in _ORDERS:
-        def rank(ib):
-            bottom, depth = chain(ib[0])
-            return key(bottom), -depth
-        placed, end = [], base
-        for i, b in sorted(work, key=rank):
-            forbidden = sorted(f for j, p in placed if b.meets(p) for f in _forbidden(b, i, p, j))
+    def first_fit(order):
+        offsets = {}
+        for i in order:
+            size = buffers[i].size
+            forbidden = []
+            for j in meets[i]:
+                at = offsets.get(j)
+                if at is None:
+                    continue
+                if (i, j) in sharing:
+                    forbidden += _forbidden(buffers[i], i, buffers[j], j, at)
+                else:
+                    forbidden.append((at - size + 1, at + buffers[j].size))
+            forbidden.sort()
             offset = base
             for lo, hi in forbidden:   # offsets in [lo, hi) would overlap
                 if offset < lo:
                     break
                 offset = max(offset, hi)
-            b.offset = offset
-            end = max(end, offset + b.size)
-            placed.append((i, b))
-        if best is None or end < best[0]:
-            best = end, [b.offset for _, b in work]
-    for (_, b), offset in zip(work, best[1]):
-        b.offset = offset
-    return best[0]
+            offsets[i] = offset
+        return max(offsets[i] + buffers[i].size for i in order), offsets
+
+    orders = [sorted(work, key=lambda i: (key(chain(i)[0]), -chain(i)[1])) for key in _ORDERS]
+    end, offsets, order = min((first_fit(order) + (order,) for order in orders), key=lambda placed: placed[0])
+    for _ in range(MAX_BUMPS):
+        top = [i for i in order if offsets[i] + buffers[i].size == end]
+        bumped = top + [i for i in order if i not in top]
+        trial_end, trial_offsets = first_fit(bumped)
+        if trial_end >= end:
+            break
+        order, end, offsets = bumped, trial_end, trial_offsets
+    for i, offset in offsets.items():
+        buffers[i].offset = offset
+    return end
