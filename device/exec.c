@@ -281,6 +281,48 @@ static int forward(const tb_model *m, int training)
 
 /* ---- backward ---- */
 
+/* Where a tensor's producer clamped its output (step 1 and the input gradients' masks): its clamp
+ * mask, or, for a tensor without one (its values stay for a weight gradient, and the plan keeps
+ * them until its producer's backward pass), the values against the producer's output range. */
+typedef struct {
+    const uint8_t *mask;
+    const int8_t *y;
+    int32_t act_min, act_max;
+} clamp;
+
+static clamp clamp_of(const tb_model *m, uint16_t t)
+{
+    const tb_blob_tensor *x = &m->tensors[t];
+    const tb_blob_op *p = &m->ops[tb_model_producer(m, t)];
+    const clamp c = {buffer_or_null(m, x->mask), value(m, t), p->act_min, p->act_max};
+    return c;
+}
+
+static int passed(const clamp *c, uint32_t i)
+{
+    return c->mask ? (c->mask[i >> 3] >> (i & 7)) & 1u : c->y[i] > c->act_min && c->y[i] < c->act_max;
+}
+
+static void clamp_s8(const clamp *c, int8_t *g, int32_t n)
+{
+    if (c->mask) {
+        tb_grad_apply_mask_s8(g, c->mask, n);
+        return;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (!passed(c, (uint32_t)i)) g[i] = 0;
+}
+
+static void clamp_s32(const clamp *c, int32_t *acc, int32_t n)
+{
+    if (c->mask) {
+        tb_grad_apply_mask_s32(acc, c->mask, n);
+        return;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (!passed(c, (uint32_t)i)) acc[i] = 0;
+}
+
 /* Op i's gradient v (exponent e) for its input k: written if it is the first, else summed. */
 static void contribute(const tb_model *m, uint32_t i, uint32_t k, const int8_t *v, int32_t e)
 {
@@ -303,7 +345,8 @@ static void contribute_acc(const tb_model *m, uint32_t i, int32_t *acc, int32_t 
     const uint16_t t = m->ops[i].input0;
     const int32_t n = (int32_t)tb_tensor_size(&m->tensors[t]);
     /* masked before requantizing, so the exponent fits the values that survive the input's clamp */
-    tb_grad_apply_mask_s32(acc, tb_model_buffer(m, m->tensors[t].mask), n);
+    const clamp c = clamp_of(m, t);
+    clamp_s32(&c, acc, n);
     if (tb_model_grad_is_first(m, i, 0)) {
         grad_exp[t] = tb_grad_requantize_s32_s8(acc, n, acc_exp, grad(m, t));
     } else {
@@ -408,7 +451,7 @@ static int chunked_input_grad(const tb_model *m, uint32_t i, scaled_grad *s)
     const tb_blob_tensor *out = &m->tensors[op->output];
     const uint32_t c = in->c, n_in = (uint32_t)in->h * in->w, n_out = (uint32_t)out->h * out->w;
     const uint32_t w_rows = tb_model_weight_bytes(m, op) / c; /* weight bytes per input channel */
-    const uint8_t *mask = tb_model_buffer(m, in->mask);
+    const clamp in_clamp = clamp_of(m, op->input0);
     const int8_t *w = weights(m, op);
     int32_t *acc = buffer_i32(m, op->grad_acc);
     int8_t *wsub = (int8_t *)(acc + n_in * op->grad_chunk + 1);
@@ -433,7 +476,7 @@ static int chunked_input_grad(const tb_model *m, uint32_t i, scaled_grad *s)
                 for (uint32_t j = 0; j < k; j++) {
                     const uint32_t bit = q * c + c0 + j;
                     int32_t *v = &acc[q * k + j];
-                    if (!(mask[bit >> 3] >> (bit & 7) & 1u)) *v = 0;
+                    if (!passed(&in_clamp, bit)) *v = 0;
                     if (pass == 0 && (*v > largest || -*v > largest)) largest = *v < 0 ? -*v : *v;
                 }
             }
@@ -543,7 +586,8 @@ static int backward_op(const tb_model *m, uint32_t i, float lr, uint32_t *rng)
     const tb_blob_tensor *out = &m->tensors[op->output];
     int8_t *g = grad(m, op->output);
     const int32_t e = grad_exp[op->output];
-    tb_grad_apply_mask_s8(g, tb_model_buffer(m, out->mask), (int32_t)tb_tensor_size(out));
+    const clamp c = clamp_of(m, op->output);
+    clamp_s8(&c, g, (int32_t)tb_tensor_size(out));
     if (op->kind == TB_OP_ADD) {
         for (uint32_t k = 0; k < 2; k++)
             if (op->train & (TB_GRAD_INPUT0 << k)) contribute(m, i, k, g, e);

@@ -5,8 +5,9 @@ The executor's steps (docs/blob-format.md, Execution) define the timeline: one s
 the loss, then three per op of the backward pass (bias, input gradient, weights). Every buffer is
 live over the steps that use it: activations from their producer to their last reader (a weight
 gradient reads its op's input, so training keeps those activations), clamp masks until their
-producer's backward, gradients from their first contribution to their producer's last backward
-phase, scratch for its step. The params region (trained parameters, optimizer state) sits at offset
+producer's backward (a tensor kept for a weight gradient has none: its values, kept one step longer,
+give the clamp), gradients from their first contribution to their producer's last backward phase,
+scratch for its step. The params region (trained parameters, optimizer state) sits at offset
 0 for the model's whole life.
 
 What the plan does beyond giving every buffer its own lifetime:
@@ -579,6 +580,12 @@ def _cost(p):
     return max(p.demand), p.arena_bytes, sorted(demand, reverse=True)[:16]
 
 
+def values_kept(g, name, consumers):
+    """Does tensor `name` stay for the backward pass of an op training its weights: then its
+    values, kept until its producer's backward pass, give its clamp (no mask)."""
+    return any(g.ops[i].train_weights for i in consumers[name])
+
+
 def _chunkable(g, needs, sliced, op):
     """May op's input gradient run in chunks of input channels: a row op sending the first gradient
     to its input, with whole weights."""
@@ -638,7 +645,10 @@ def _layout(g, needs, consumers, stream, choices, wgrad_bytes, overlap):
             read_until = "weights" if op.train_weights else "input gradient" if any(
                 g.grad_to_input(op, k, needs) for k in range(len(op.inputs))) else "bias"
             refs["grad"] = new(name + ".grad", "grad", t.size, (born, phase_step[p, read_until]))
-            refs["mask"] = new(name + ".mask", "mask", (t.size + 7) // 8, (work_step[p], phase_step[p, "bias"]))
+            if values_kept(g, name, consumers):   # the clamp is read from them: kept one step longer
+                buffers[refs["buffer"]].live = [(first, max(last, phase_step[p, "bias"]))]
+            else:
+                refs["mask"] = new(name + ".mask", "mask", (t.size + 7) // 8, (work_step[p], phase_step[p, "bias"]))
 
     # params region (step, rng, then each op's parameters in field order) and op work buffers
     wgrad_chunk, params_end = {}, PARAMS_HEADER
