@@ -19,10 +19,11 @@ from tinybridge.model import Model
 ARENA = 256 * 1024                       # TB_ARENA_BYTES
 IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
 # The paper's peak training memory on the STM32F746 (sparse update + reordering), bytes, and the
-# schemes whose plans beat it; the others' trained parameters leave too little room for the forward
-# pass's floor (docs/compiler.md, "Memory").
+# schemes whose plans are at or under it; the others' trained parameters leave too little room for
+# the first layers' floor, the input image with their rows streaming over it (docs/compiler.md,
+# "Memory").
 PAPER = {"mbv2-w0.35": 141 * 1024, "mcunet-5fps": 173 * 1024, "proxyless-w0.3": 135 * 1024}
-BEATS_PAPER = {"mbv2-w0.35": ("49kb", "73kb", "99kb"), "mcunet-5fps": ("49kb", "74kb", "99kb", "124kb"),
+BEATS_PAPER = {"mbv2-w0.35": ("49kb", "73kb", "99kb"), "mcunet-5fps": ("49kb", "74kb", "99kb", "124kb", "148kb"),
                "proxyless-w0.3": ("49kb", "74kb", "98kb")}
 
 

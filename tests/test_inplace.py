@@ -156,12 +156,15 @@ def test_an_output_gradient_scaled_by_positions_equals_the_whole(name, positions
     whole, whole_e = kernels.grad_scale_channels(gy, -13, mult, shift)
     acc = kernels.pointwise_input_grad(whole, op.weights)
     largest = np.abs(gy.astype(np.int16)).max(axis=0).astype(np.int8)
+    alone = set()      # the exponents of the chunks scaled without the largest row
     for p0 in range(0, len(gy), positions):
         rows = gy[p0:p0 + positions]
         h, e = kernels.grad_scale_channels(np.vstack([rows, largest]), -13, mult, shift)
         assert e == whole_e
         assert np.array_equal(h[:-1], whole[p0:p0 + positions])
         assert np.array_equal(kernels.pointwise_input_grad(h[:-1], op.weights), acc[p0:p0 + positions])
+        alone.add(kernels.grad_scale_channels(rows, -13, mult, shift)[1])
+    assert alone - {whole_e}
 
 
 def test_sliced_weights_give_the_whole_input_gradient():
