@@ -46,7 +46,7 @@ typedef struct {
     uint16_t h, w, c, stream_rows;
     int32_t zero_point;
     float scale;
-    uint16_t buffer, grad, mask, reserved1;
+    uint16_t buffer, grad, mask, scale_positions;
 } tb_blob_tensor;
 
 typedef struct {

@@ -281,6 +281,48 @@ static int forward(const tb_model *m, int training)
 
 /* ---- backward ---- */
 
+/* Where a tensor's producer clamped its output (step 1 and the input gradients' masks): its clamp
+ * mask, or, for a tensor without one (its values stay for a weight gradient, and the plan keeps
+ * them until its producer's backward pass), the values against the producer's output range. */
+typedef struct {
+    const uint8_t *mask;
+    const int8_t *y;
+    int32_t act_min, act_max;
+} clamp;
+
+static clamp clamp_of(const tb_model *m, uint16_t t)
+{
+    const tb_blob_tensor *x = &m->tensors[t];
+    const tb_blob_op *p = &m->ops[tb_model_producer(m, t)];
+    const clamp c = {buffer_or_null(m, x->mask), value(m, t), p->act_min, p->act_max};
+    return c;
+}
+
+static int passed(const clamp *c, uint32_t i)
+{
+    return c->mask ? (c->mask[i >> 3] >> (i & 7)) & 1u : c->y[i] > c->act_min && c->y[i] < c->act_max;
+}
+
+static void clamp_s8(const clamp *c, int8_t *g, int32_t n)
+{
+    if (c->mask) {
+        tb_grad_apply_mask_s8(g, c->mask, n);
+        return;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (!passed(c, (uint32_t)i)) g[i] = 0;
+}
+
+static void clamp_s32(const clamp *c, int32_t *acc, int32_t n)
+{
+    if (c->mask) {
+        tb_grad_apply_mask_s32(acc, c->mask, n);
+        return;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (!passed(c, (uint32_t)i)) acc[i] = 0;
+}
+
 /* Op i's gradient v (exponent e) for its input k: written if it is the first, else summed. */
 static void contribute(const tb_model *m, uint32_t i, uint32_t k, const int8_t *v, int32_t e)
 {
@@ -303,7 +345,8 @@ static void contribute_acc(const tb_model *m, uint32_t i, int32_t *acc, int32_t 
     const uint16_t t = m->ops[i].input0;
     const int32_t n = (int32_t)tb_tensor_size(&m->tensors[t]);
     /* masked before requantizing, so the exponent fits the values that survive the input's clamp */
-    tb_grad_apply_mask_s32(acc, tb_model_buffer(m, m->tensors[t].mask), n);
+    const clamp c = clamp_of(m, t);
+    clamp_s32(&c, acc, n);
     if (tb_model_grad_is_first(m, i, 0)) {
         grad_exp[t] = tb_grad_requantize_s32_s8(acc, n, acc_exp, grad(m, t));
     } else {
@@ -325,9 +368,10 @@ static void avgpool_backward(const tb_model *m, uint32_t i, const int8_t *g, int
 }
 
 /* The int32 input gradient of op i from h for in_c input channels (depthwise: h has them too),
- * weights w laid out for in_c input channels (fully connected: in_c input features). */
-static tb_status input_grad(const tb_model *m, const tb_blob_op *op, int32_t in_c, const int8_t *h,
-                            const int8_t *w, int32_t *acc)
+ * weights w laid out for in_c input channels (fully connected: in_c input features). Pointwise:
+ * h and acc hold n_pos positions (a chunk of the op's); the other kinds take them all. */
+static tb_status input_grad(const tb_model *m, const tb_blob_op *op, int32_t in_c, int32_t n_pos,
+                            const int8_t *h, const int8_t *w, int32_t *acc)
 {
     const tb_blob_tensor *in = &m->tensors[op->input0];
     const tb_blob_tensor *out = &m->tensors[op->output];
@@ -340,27 +384,74 @@ static tb_status input_grad(const tb_model *m, const tb_blob_op *op, int32_t in_
         const tb_shape ys = {out->h, out->w, in_c};
         return tb_depthwise_input_grad_s8(&p, xs, ys, h, w, acc);
     }
-    case TB_OP_POINTWISE:
-        return tb_pointwise_input_grad_s8(out->h * out->w, in_c, out->c, h, w, acc,
-                                          buffer_or_null(m, op->grad_scratch));
-    default: /* fully connected: one position */
-        return tb_pointwise_input_grad_s8(1, in_c, out->c, h, w, acc,
+    default: /* pointwise; fully connected: one position */
+        return tb_pointwise_input_grad_s8(n_pos, in_c, out->c, h, w, acc,
                                           buffer_or_null(m, op->grad_scratch));
     }
+}
+
+/* The output gradient g (exponent e) of op i times the weight scales (step 3), h, for the input
+ * gradient: whole, into grad_scaled (in place when the weights do not train, so g is not needed
+ * after), or, when the output tensor's scale_positions is set, rows [p0, p1) of it at a time. Then
+ * grad_scaled holds the largest |g| of each channel (scaled_by_positions) and, after it, the rows
+ * and that largest row, scaled together by tb_grad_scale_channels_s8: its per-channel maxima,
+ * exponent and values are the whole tensor's. */
+typedef struct {
+    const tb_blob_op *op;
+    const int8_t *g;
+    int32_t e;
+    int8_t *h;       /* whole; NULL when scaled by positions */
+    int32_t h_exp;
+    uint32_t n_pos, positions; /* the op's output positions, positions per chunk */
+} scaled_grad;
+
+static scaled_grad scale_output_grad(const tb_model *m, const tb_blob_op *op, int8_t *g, int32_t e)
+{
+    const tb_blob_tensor *out = &m->tensors[op->output];
+    scaled_grad s = {op, g, e, NULL, e, (uint32_t)out->h * out->w, out->scale_positions};
+    if (!s.positions) {
+        s.positions = s.n_pos;
+        s.h = op->grad_scaled != TB_BLOB_NONE ? (int8_t *)tb_model_buffer(m, op->grad_scaled) : g;
+        s.h_exp = tb_grad_scale_channels_s8(g, e, (int32_t)s.n_pos, out->c, data_i32(m, op->grad_mult),
+                                            data_i32(m, op->grad_shift), s.h);
+        return s;
+    }
+    int8_t *largest = (int8_t *)tb_model_buffer(m, op->grad_scaled);
+    memset(largest, 0, out->c);
+    for (uint32_t q = 0; q < s.n_pos * out->c; q += out->c)
+        for (uint32_t k = 0; k < out->c; k++) {
+            const int8_t a = g[q + k] < 0 ? (int8_t)-g[q + k] : g[q + k]; /* gradients: |g| <= 127 */
+            if (a > largest[k]) largest[k] = a;
+        }
+    return s;
+}
+
+/* Rows [p0, p1) of h (s->positions at most); sets s->h_exp. */
+static const int8_t *scaled_rows(const tb_model *m, scaled_grad *s, uint32_t p0, uint32_t p1)
+{
+    const uint32_t c = m->tensors[s->op->output].c;
+    if (s->h) return s->h + p0 * c;
+    int8_t *largest = (int8_t *)tb_model_buffer(m, s->op->grad_scaled), *rows = largest + c;
+    memmove(rows, s->g + p0 * c, (p1 - p0) * c);
+    memmove(rows + (p1 - p0) * c, largest, c);
+    s->h_exp = tb_grad_scale_channels_s8(rows, s->e, (int32_t)(p1 - p0 + 1), (int32_t)c,
+                                         data_i32(m, s->op->grad_mult),
+                                         data_i32(m, s->op->grad_shift), rows);
+    return rows;
 }
 
 /* A chunked input gradient (grad_chunk input channels at a time, docs/blob-format.md): every
  * chunk's sums are computed twice, first for the largest masked magnitude of the whole tensor,
  * then requantized with it (one more element), so that the exponent and every value are those of
  * the whole tensor's. grad_acc holds a chunk's sums, its weights, and (depthwise) its h. */
-static int chunked_input_grad(const tb_model *m, uint32_t i, const int8_t *h, int32_t h_exp)
+static int chunked_input_grad(const tb_model *m, uint32_t i, scaled_grad *s)
 {
     const tb_blob_op *op = &m->ops[i];
     const tb_blob_tensor *in = &m->tensors[op->input0];
     const tb_blob_tensor *out = &m->tensors[op->output];
     const uint32_t c = in->c, n_in = (uint32_t)in->h * in->w, n_out = (uint32_t)out->h * out->w;
     const uint32_t w_rows = tb_model_weight_bytes(m, op) / c; /* weight bytes per input channel */
-    const uint8_t *mask = tb_model_buffer(m, in->mask);
+    const clamp in_clamp = clamp_of(m, op->input0);
     const int8_t *w = weights(m, op);
     int32_t *acc = buffer_i32(m, op->grad_acc);
     int8_t *wsub = (int8_t *)(acc + n_in * op->grad_chunk + 1);
@@ -372,22 +463,27 @@ static int chunked_input_grad(const tb_model *m, uint32_t i, const int8_t *h, in
             const uint32_t k = c0 + op->grad_chunk < c ? op->grad_chunk : c - c0;
             for (uint32_t r = 0; r < w_rows; r++) memmove(wsub + r * k, w + r * c + c0, k);
             if (op->kind == TB_OP_DEPTHWISE)
-                for (uint32_t q = 0; q < n_out; q++) memmove(hsub + q * k, h + q * c + c0, k);
-            if (input_grad(m, op, (int32_t)k, op->kind == TB_OP_DEPTHWISE ? hsub : h, wsub, acc) !=
-                TB_KERNEL_OK)
-                return fail("an input-gradient kernel refused its arguments");
+                for (uint32_t q = 0; q < n_out; q++) memmove(hsub + q * k, s->h + q * c + c0, k);
+            /* positions in chunks only for pointwise ops (s->positions < s->n_pos) */
+            for (uint32_t p0 = 0; p0 < s->n_pos; p0 += s->positions) {
+                const uint32_t p1 = p0 + s->positions < s->n_pos ? p0 + s->positions : s->n_pos;
+                const int8_t *h = op->kind == TB_OP_DEPTHWISE ? hsub : scaled_rows(m, s, p0, p1);
+                if (input_grad(m, op, (int32_t)k, (int32_t)(p1 - p0), h, wsub, acc + p0 * k) !=
+                    TB_KERNEL_OK)
+                    return fail("an input-gradient kernel refused its arguments");
+            }
             for (uint32_t q = 0; q < n_in; q++) {
                 for (uint32_t j = 0; j < k; j++) {
                     const uint32_t bit = q * c + c0 + j;
                     int32_t *v = &acc[q * k + j];
-                    if (!(mask[bit >> 3] >> (bit & 7) & 1u)) *v = 0;
+                    if (!passed(&in_clamp, bit)) *v = 0;
                     if (pass == 0 && (*v > largest || -*v > largest)) largest = *v < 0 ? -*v : *v;
                 }
             }
             if (pass == 1) {
                 acc[n_in * k] = largest;
                 grad_exp[op->input0] =
-                    tb_grad_requantize_s32_s8(acc, (int32_t)(n_in * k + 1), h_exp, (int8_t *)acc);
+                    tb_grad_requantize_s32_s8(acc, (int32_t)(n_in * k + 1), s->h_exp, (int8_t *)acc);
                 for (uint32_t q = 0; q < n_in; q++)
                     memmove(gx + q * c + c0, (const int8_t *)acc + q * k, k);
             }
@@ -403,31 +499,32 @@ static int weighted_input_grad(const tb_model *m, uint32_t i, int8_t *g, int32_t
 {
     const tb_blob_op *op = &m->ops[i];
     const tb_blob_tensor *in = &m->tensors[op->input0];
-    const tb_blob_tensor *out = &m->tensors[op->output];
-    const int32_t n_pos = out->h * out->w;
-    int8_t *h = op->grad_scaled != TB_BLOB_NONE ? (int8_t *)tb_model_buffer(m, op->grad_scaled) : g;
-    const int32_t h_exp = tb_grad_scale_channels_s8(g, e, n_pos, out->c, data_i32(m, op->grad_mult),
-                                                    data_i32(m, op->grad_shift), h);
-    if (op->grad_chunk) return chunked_input_grad(m, i, h, h_exp);
+    scaled_grad s = scale_output_grad(m, op, g, e);
+    if (op->grad_chunk) return chunked_input_grad(m, i, &s);
     const int fc = op->kind == TB_OP_FULLY_CONNECTED;
-    const int32_t in_c = fc ? (int32_t)tb_tensor_size(in) : in->c;
+    const uint32_t in_c = fc ? tb_tensor_size(in) : in->c;
     const int sliced = op->weight_work != TB_BLOB_NONE;
     int32_t *acc = buffer_i32(m, op->grad_acc);
     const int8_t *w = sliced ? (const int8_t *)tb_model_data(m, op->weights) : weights(m, op);
-    if (input_grad(m, op, in_c, h, w, acc) != TB_KERNEL_OK)
-        return fail("an input-gradient kernel refused its arguments");
-    if (sliced) {
-        int32_t *trained = buffer_i32(m, op->grad_sel);
-        const int32_t *sel = data_i32(m, op->channels);
-        const uint32_t n_in = fc ? 1u : (uint32_t)in->h * in->w;
-        const int8_t *slice = (const int8_t *)tb_model_buffer(m, op->weight_param);
-        if (input_grad(m, op, op->n_channels, h, slice, trained) != TB_KERNEL_OK)
+    int32_t *trained = sliced ? buffer_i32(m, op->grad_sel) : NULL;
+    const int32_t *sel = sliced ? data_i32(m, op->channels) : NULL;
+    const int8_t *slice = sliced ? (const int8_t *)tb_model_buffer(m, op->weight_param) : NULL;
+    /* positions in chunks only for pointwise ops, whose input positions are its output positions */
+    for (uint32_t p0 = 0; p0 < s.n_pos; p0 += s.positions) {
+        const uint32_t p1 = p0 + s.positions < s.n_pos ? p0 + s.positions : s.n_pos;
+        const int8_t *h = scaled_rows(m, &s, p0, p1);
+        int32_t *acc_rows = acc + p0 * in_c;
+        if (input_grad(m, op, (int32_t)in_c, (int32_t)(p1 - p0), h, w, acc_rows) != TB_KERNEL_OK ||
+            (sliced && input_grad(m, op, op->n_channels, (int32_t)(p1 - p0), h, slice, trained) !=
+                           TB_KERNEL_OK))
             return fail("an input-gradient kernel refused its arguments");
-        for (uint32_t q = 0; q < n_in; q++)
+        /* input positions of these sums: pointwise the chunk's; conv2d all (one chunk) */
+        const uint32_t n_in = op->kind == TB_OP_POINTWISE ? p1 - p0 : fc ? 1u : (uint32_t)in->h * in->w;
+        for (uint32_t q = 0; sliced && q < n_in; q++)
             for (uint32_t j = 0; j < op->n_channels; j++)
-                acc[q * (uint32_t)in_c + (uint32_t)sel[j]] = trained[q * op->n_channels + j];
+                acc_rows[q * in_c + (uint32_t)sel[j]] = trained[q * op->n_channels + j];
     }
-    contribute_acc(m, i, acc, h_exp);
+    contribute_acc(m, i, acc, s.h_exp);
     return TB_OK;
 }
 
@@ -489,7 +586,8 @@ static int backward_op(const tb_model *m, uint32_t i, float lr, uint32_t *rng)
     const tb_blob_tensor *out = &m->tensors[op->output];
     int8_t *g = grad(m, op->output);
     const int32_t e = grad_exp[op->output];
-    tb_grad_apply_mask_s8(g, tb_model_buffer(m, out->mask), (int32_t)tb_tensor_size(out));
+    const clamp c = clamp_of(m, op->output);
+    clamp_s8(&c, g, (int32_t)tb_tensor_size(out));
     if (op->kind == TB_OP_ADD) {
         for (uint32_t k = 0; k < 2; k++)
             if (op->train & (TB_GRAD_INPUT0 << k)) contribute(m, i, k, g, e);

@@ -115,17 +115,25 @@ static int32_t root_row(const tb_model *m, uint32_t op_index, int32_t r)
     return a;
 }
 
-/* The op producing tensor t, or -1 (the graph input). */
-static int32_t producer(const tb_model *m, uint32_t t)
+int32_t tb_model_producer(const tb_model *m, uint32_t t)
 {
     for (uint32_t i = 0; i < m->header->n_ops; i++)
         if (m->ops[i].output == t) return (int32_t)i;
     return -1;
 }
 
+/* Does an op that trains its weights read tensor t (so that its values stay for the backward
+ * pass). */
+static int read_by_weight_training(const tb_model *m, uint32_t t)
+{
+    for (uint32_t i = 0; i < m->header->n_ops; i++)
+        if ((m->ops[i].train & TB_TRAIN_WEIGHTS) && m->ops[i].input0 == t) return 1;
+    return 0;
+}
+
 static int has_gradient(const tb_model *m, uint32_t t)
 {
-    const int32_t p = producer(m, t);
+    const int32_t p = tb_model_producer(m, t);
     return p >= 0 && m->ops[p].train != 0;
 }
 
@@ -291,7 +299,6 @@ static int check_tensor_fields(check *c)
         const tb_blob_tensor *t = &m->tensors[i];
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)i);
         if (!t->h || !t->w || !t->c) return reject(c, "empty shape");
-        if (t->reserved1) return reject(c, "reserved field set");
         if (t->zero_point < -128 || t->zero_point > 127)
             return reject(c, "zero point %ld out of range", (long)t->zero_point);
         if (!finite(t->scale) || t->scale <= 0.0f) return reject(c, "scale not finite and > 0");
@@ -309,11 +316,16 @@ static int check_tensor_buffers(check *c)
         const int grad = has_gradient(m, i);
         int rc;
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)i);
-        if (producer(m, i) < 0 && i != m->header->input_tensor) return reject(c, "no op produces it");
+        const int32_t p = tb_model_producer(m, i);
+        if (p < 0 && i != m->header->input_tensor) return reject(c, "no op produces it");
+        if (p < 0 && t->scale_positions)
+            return reject(c, "scaled by positions but no op produces it");
         const uint64_t value_bytes = t->stream_rows ? (uint64_t)t->stream_rows * t->w * t->c : n;
+        /* no mask: the clamp is read from the values, which a weight gradient keeps */
+        const int values_kept = grad && t->mask == TB_BLOB_NONE && read_by_weight_training(m, i);
         if ((rc = work_buffer(c, "value", t->buffer, value_bytes, 1)) ||
             (rc = work_buffer(c, "grad", t->grad, n, grad)) ||
-            (rc = work_buffer(c, "mask", t->mask, (n + 7) / 8, grad)))
+            (!values_kept && (rc = work_buffer(c, "mask", t->mask, (n + 7) / 8, grad))))
             return rc;
     }
     return 0;
@@ -348,11 +360,11 @@ static int check_wiring(check *c, uint32_t i)
         return reject(c, "second input set");
     for (uint32_t k = 0; k < n_inputs; k++) {
         const uint16_t t = op_input(op, k);
-        const int32_t p = t < m->header->n_tensors ? producer(m, t) : (int32_t)i;
+        const int32_t p = t < m->header->n_tensors ? tb_model_producer(m, t) : (int32_t)i;
         if (p >= (int32_t)i || (p < 0 && t != m->header->input_tensor))
             return reject(c, "input %u is not an earlier tensor", (unsigned)k);
     }
-    if (op->output >= m->header->n_tensors || producer(m, op->output) != (int32_t)i)
+    if (op->output >= m->header->n_tensors || tb_model_producer(m, op->output) != (int32_t)i)
         return reject(c, "output out of range or produced twice");
     return 0;
 }
@@ -566,11 +578,16 @@ static int check_training(check *c, uint32_t i, uint32_t *next_param)
     const uint64_t wgrad_n = chunked ? per_channel * op->wgrad_chunk : per_channel;
     const uint64_t in_positions = op->kind == TB_OP_FULLY_CONNECTED ? 1 : (uint64_t)in->h * in->w;
     const uint64_t out_positions = (uint64_t)out->h * out->w;
+    /* the output gradient scaled a few positions at a time for the input gradient */
+    const uint64_t positions = out->scale_positions;
+    if (positions && (op->kind != TB_OP_POINTWISE || !weights || !grad_in || positions >= out_positions))
+        return reject(c, "output gradient scaled by %u positions: not allowed", out->scale_positions);
     if (sliced &&
         ((rc = work_buffer(c, "weight_work", op->weight_work,
                            op->wgrad_chunk * (weight_bytes(m, op) / out->c + out_positions), 1)) ||
          (rc = work_buffer(c, "grad_sel", op->grad_sel,
-                           4 * op->n_channels * (grad_in ? in_positions : 1), 1))))
+                           4 * op->n_channels * (grad_in ? (positions ? positions : in_positions) : 1),
+                           1))))
         return rc;
     if (!sliced && op->grad_sel != TB_BLOB_NONE) return reject(c, "unexpected grad_sel buffer");
     /* a chunked input gradient: grad_chunk input channels at a time */
@@ -590,7 +607,8 @@ static int check_training(check *c, uint32_t i, uint32_t *next_param)
     const int32_t grad_scratch = grad_in && dense ? tb_pointwise_input_grad_s8_scratch_bytes(out->c) : 0;
     if ((rc = work_buffer(c, "bias_grad", op->bias_grad, 4ull * out->c, bias)) ||
         (rc = work_buffer(c, "weight_grad", op->weight_grad, 4 * wgrad_n, weights)) ||
-        (rc = work_buffer(c, "grad_scaled", op->grad_scaled, tensor_size(out),
+        (rc = work_buffer(c, "grad_scaled", op->grad_scaled,
+                          positions ? (positions + 2) * out->c : tensor_size(out),
                           grad_in && weighted && weights)) ||
         (rc = work_buffer(c, "grad_acc", op->grad_acc, acc_bytes, acc_bytes > 0)) ||
         (rc = work_buffer(c, "grad_scratch", op->grad_scratch, (uint64_t)grad_scratch,
@@ -632,7 +650,8 @@ static int check_graph(check *c)
         return reject(c, "the output tensor is not the last op's output");
     if (out->h != 1 || out->w != 1 || out->c < 2)
         return reject(c, "the output is not a 1x1 vector of at least 2 logits");
-    if (producer(m, h->input_tensor) >= 0) return reject(c, "the input tensor is produced by an op");
+    if (tb_model_producer(m, h->input_tensor) >= 0)
+        return reject(c, "the input tensor is produced by an op");
     for (uint32_t t = 0; t < h->n_tensors; t++) {
         uint32_t uses = 0;
         for (uint32_t i = 0; i < h->n_ops; i++)
@@ -652,7 +671,7 @@ static int check_streams(check *c)
         const uint16_t rows = m->tensors[t].stream_rows;
         if (!rows) continue;
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)t);
-        const int32_t p = producer(m, t);
+        const int32_t p = tb_model_producer(m, t);
         if (p < 0 || (uint32_t)p + 1 >= m->header->n_ops)
             return reject(c, "streams but no op reads it next");
         const tb_blob_op *made = &m->ops[p], *next = &m->ops[p + 1];

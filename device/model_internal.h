@@ -31,6 +31,9 @@ void tb_model_window(const tb_model *m, const tb_blob_op *op, int32_t r, int32_t
  * by the op before its reader) the input of the chain. */
 uint16_t tb_model_root(const tb_model *m, uint32_t op_index);
 
+/* The op producing tensor t, or -1 (the graph input). */
+int32_t tb_model_producer(const tb_model *m, uint32_t t);
+
 /* Bytes of a weighted op's weight tensor (kernels.md layouts). */
 uint32_t tb_model_weight_bytes(const tb_model *m, const tb_blob_op *op);
 

@@ -93,8 +93,10 @@ def test_plan_keeps_what_backward_reads(model):
     p, g = model.plan, model.graph
     step = {name: i for i, name in enumerate(p.steps)}
     conv1 = p.buffers[p.tensor_refs["conv1"]["buffer"]]
-    # conv2 trains weights: its input lives until conv2's weight update
-    assert conv1.last == step["backward conv2 (conv2d): weights"]
+    # conv2 trains weights: its input lives until conv2's weight update, then one step longer for
+    # conv1's backward, which reads its clamp from it (it has no mask); pw's output has one
+    assert conv1.last == step["backward conv1 (conv2d): bias"] == step["backward conv2 (conv2d): weights"] + 1
+    assert p.tensor_refs["conv1"]["mask"] is None and p.tensor_refs["pw"]["mask"] is not None
     # conv2's output feeds dw and the add: the add's gradient comes first, dw's is summed to it
     assert g.grad_is_first(g.index("add"), 1) and not g.grad_is_first(g.index("dw"), 0)
     assert p.tensor_refs["input"]["grad"] is None and p.tensor_refs["conv1"]["grad"] is not None
@@ -108,8 +110,9 @@ def test_memory_and_report(model):
     assert mem.params == model.plan.params_bytes
     s, where = model.plan.peak_step
     assert where == mem.peak_at and where in model.plan.report(model.graph)
-    demand = model.plan.params_bytes + sum(b.size for b in model.plan.live(s))
-    assert demand <= mem.sram
+    # the bytes in use at the peak (buffers overlapping in place counted once) bound the arena
+    demand = model.plan.params_bytes + model.plan.live_bytes(s)
+    assert demand == max(model.plan.params_bytes + d for d in model.plan.demand) <= mem.sram
 
 
 def test_inference_only_model_has_no_training_buffers():

@@ -19,10 +19,11 @@ from tinybridge.model import Model
 ARENA = 256 * 1024                       # TB_ARENA_BYTES
 IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
 # The paper's peak training memory on the STM32F746 (sparse update + reordering), bytes, and the
-# schemes whose plans beat it; the others' trained parameters leave too little room for the forward
-# pass's floor (docs/compiler.md, "Memory").
+# schemes whose plans are at or under it; the others' trained parameters leave too little room for
+# the first layers' floor, the input image with their rows streaming over it (docs/compiler.md,
+# "Memory").
 PAPER = {"mbv2-w0.35": 141 * 1024, "mcunet-5fps": 173 * 1024, "proxyless-w0.3": 135 * 1024}
-BEATS_PAPER = {"mbv2-w0.35": ("49kb", "73kb", "99kb"), "mcunet-5fps": ("49kb", "74kb", "99kb", "124kb"),
+BEATS_PAPER = {"mbv2-w0.35": ("49kb", "73kb", "99kb"), "mcunet-5fps": ("49kb", "74kb", "99kb", "124kb", "148kb"),
                "proxyless-w0.3": ("49kb", "74kb", "98kb")}
 
 
@@ -94,20 +95,21 @@ def test_the_zoo_is_package_data():
 
 @pytest.mark.parametrize("name", compiler.ZOO)
 def test_every_scheme_compiles_validates_and_fits(name):
-    """Each of the paper's schemes: the device validates the blob in a 256 KB arena, its executor
-    trains a step as tinybridge.simulate does (parameters byte for byte), and the planned peak beats
-    the paper's figure where the trained parameters allow it."""
+    """Each of the paper's schemes with a two-class head (as docs/benchmarks.md, "Memory", compares
+    them): the device validates the blob in a 256 KB arena, its executor trains a step as
+    tinybridge.simulate does (parameters byte for byte), and the planned peak is at or under the
+    paper's figure where the trained parameters allow it."""
     schemes = compiler.zoo_schemes(name)
-    models = {s: compiler.compile(name, num_classes=10, update=s) for s in schemes}
+    models = {s: compiler.compile(name, num_classes=2, update=s) for s in schemes}
     results = H.load_many([m.to_bytes() for m in models.values()], ARENA)
     x = image("chelsea")
     for (scheme, m), (status, got) in zip(models.items(), results):
         assert status == 0, (scheme, got)
         assert got == (m.plan.arena_bytes, m.plan.params_bytes)
         assert m.memory.sram <= ARENA and not m.plan.conflicts()
-        _, _, params, _, _ = H.run([m.to_bytes()], [H.Record("train", m.input_tensor(x), 3, 0.0)], ARENA)
+        _, _, params, _, _ = H.run([m.to_bytes()], [H.Record("train", m.input_tensor(x), 1, 0.0)], ARENA)
         sim = simulate.Simulator(m)
-        sim.train_step(m.input_tensor(x), 3)
+        sim.train_step(m.input_tensor(x), 1)
         assert params == sim.params(), scheme
         if scheme in BEATS_PAPER[name]:
             assert m.memory.sram <= PAPER[name], (scheme, m.memory.sram)

@@ -4,7 +4,7 @@ executor with and without them: tests/test_planner.py."""
 import numpy as np
 import pytest
 
-from tinybridge import graph, kernels, plan, simulate
+from tinybridge import graph, kernels, plan, quant, simulate
 from tinybridge.kernels import _checks as C
 from tinybridge.model import Model
 
@@ -135,6 +135,36 @@ def test_an_input_gradient_by_channel_chunks_equals_the_whole(name):
         got[..., c0:c0 + ch.shape[-1]] = q[:-1].reshape(ch.shape)
         assert e == want_e
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["expand", "project"])
+@pytest.mark.parametrize("positions", [1, 3, 7])
+def test_an_output_gradient_scaled_by_positions_equals_the_whole(name, positions):
+    """What the executor does for an output gradient scaled a few positions at a time (device/exec.c,
+    scaled_rows): the rows of a chunk followed by the largest |g| of each channel over the whole
+    tensor, scaled together, give the whole tensor's exponent and scaled rows; the input gradient
+    of those rows is the whole one's."""
+    g, _ = small_graph()
+    op = g.op(name)
+    y = g.tensors[op.output]
+    # magnitudes that vary by position, so that a chunk's own maxima would give other exponents
+    n_pos = y.size // y.shape[2]
+    gy = np.round(rng.uniform(-127, 127, (n_pos, y.shape[2])) * rng.uniform(0, 1, (n_pos, 1)) ** 3).astype(np.int8)
+    gy[rng.random(gy.shape) < 0.3] = 0
+    gy[:, 2] = 0                                    # a channel without gradient
+    mult, shift = quant.scale_multipliers(op.weight_scales)
+    whole, whole_e = kernels.grad_scale_channels(gy, -13, mult, shift)
+    acc = kernels.pointwise_input_grad(whole, op.weights)
+    largest = np.abs(gy.astype(np.int16)).max(axis=0).astype(np.int8)
+    alone = set()      # the exponents of the chunks scaled without the largest row
+    for p0 in range(0, len(gy), positions):
+        rows = gy[p0:p0 + positions]
+        h, e = kernels.grad_scale_channels(np.vstack([rows, largest]), -13, mult, shift)
+        assert e == whole_e
+        assert np.array_equal(h[:-1], whole[p0:p0 + positions])
+        assert np.array_equal(kernels.pointwise_input_grad(h[:-1], op.weights), acc[p0:p0 + positions])
+        alone.add(kernels.grad_scale_channels(rows, -13, mult, shift)[1])
+    assert alone - {whole_e}
 
 
 def test_sliced_weights_give_the_whole_input_gradient():

@@ -261,12 +261,13 @@ def corruptions(m):
     yield "buffer of a tensor too small", patch(data, L.buffers + 8 * grad_buffer + 4, "<I", 8), \
         BAD_BLOB, "grad buffer %d has 8 bytes, needs 2048" % grad_buffer
     yield "tensor buffer id", patch(data, L.tensor(1, 16), "<H", L.n_buffers), BAD_BLOB, "value buffer"
-    yield "tensor without its mask", patch(data, L.tensor(names.index("conv1"), 20), "<H", 0xFFFF), \
-        BAD_BLOB, "tensor 1: mask buffer missing"
+    yield "tensor without its mask", patch(data, L.tensor(names.index("pw"), 20), "<H", 0xFFFF), \
+        BAD_BLOB, "tensor %d: mask buffer missing" % names.index("pw")
     yield "tensor buffer in params", patch(data, L.tensor(1, 16), "<H", bias_param), BAD_BLOB, "params region"
     yield "zero point", patch(data, L.tensor(1, 8), "<i", 300), BAD_BLOB, "zero point 300"
     yield "scale NaN", patch(data, L.tensor(2, 12), "<f", math.nan), BAD_BLOB, "tensor 2: scale"
-    yield "tensor reserved", patch(data, L.tensor(0, 22), "<H", 1), BAD_BLOB, "reserved field"
+    yield "the input scaled by positions", patch(data, L.tensor(0, 22), "<H", 1), BAD_BLOB, \
+        "tensor 0: scaled by positions but no op produces it"
     yield "the input streams", patch(data, L.tensor(0, 6), "<H", 1), BAD_BLOB, "tensor 0: streams but no op reads"
     yield "op kind", patch(data, L.op(0, 0), "<B", 9), BAD_BLOB, "op 0: unknown kind 9"
     yield "op input later", patch(data, L.op(0, 8), "<H", names.index("fc")), BAD_BLOB, "not an earlier tensor"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import model_harness as H
-from tinybridge import compiler, plan, simulate
+import tiny_model
+from tinybridge import compiler, graph, plan, simulate
 from tinybridge.model import Model
 
 rng = np.random.default_rng(7)
@@ -89,3 +90,78 @@ def test_the_loader_rejects_unsafe_overlaps(zoo_small):
 def fix_crc(blob):
     struct.pack_into("<I", blob, 12, binascii.crc32(bytes(blob[16:])))
     return bytes(blob)
+
+
+def planned_with(g, sliced=(), chunked=None, positions=None):
+    """g's plan with these choices (sliced weights, input channels per chunk of an input gradient,
+    positions per chunk of a scaled output gradient) instead of those the planner's trials make."""
+    needs = g.needs_output_grad()
+    consumers = plan._consumers(g)
+    choices = plan._Choices(frozenset(sliced), chunked or {}, positions or {})
+    return plan._layout(g, needs, consumers, plan._streamed(g, needs, consumers), choices,
+                        plan.DEFAULT_WGRAD_BYTES, True)
+
+
+def expansion_model():
+    """On the faces (32x32): conv 3x3/2 -> depthwise -> pointwise expand -> depthwise 3x3/2 ->
+    pointwise project -> pool -> fully connected, training the head, expand's weights on half its
+    input channels and the biases before, so that expand's output gradient comes through a
+    depthwise input gradient and varies by position (unlike an output gradient from the pool)."""
+    images, _ = tiny_model.faces()
+    b = graph.Builder(images[:32])
+    t = b.conv2d(b.input, rng.normal(0, 0.3, (8, 3, 3, 1)), stride=2, padding=1, activation="relu6", name="conv")
+    t = b.depthwise(t, rng.normal(0, 0.3, (3, 3, 8)), activation="relu6", name="dw")
+    t = b.pointwise(t, rng.normal(0, 0.3, (24, 8)), activation="relu6", name="expand")
+    t = b.depthwise(t, rng.normal(0, 0.3, (3, 3, 24)), stride=2, activation="relu6", name="dw2")
+    t = b.pointwise(t, rng.normal(0, 0.3, (8, 24)), name="project")
+    g = b.build(b.fully_connected(b.avgpool(t, name="pool"), rng.normal(0, 0.3, (2, 8)), name="fc"), lr=0.05)
+    g.train("fc", bias=True, weights=True)
+    for name in ("project", "dw2", "dw"):
+        g.train(name, bias=True)
+    g.train("expand", bias=True, weights=True, channels=0.5)
+    return g
+
+
+@pytest.mark.parametrize("sliced, chunked, positions", [
+    ((), {}, {"expand": 1}),
+    (("expand",), {}, {"expand": 5}),          # sliced weights: the trained channels' sums by chunks too
+    ((), {"expand": 3}, {"expand": 7}),        # a chunked input gradient, each chunk by positions
+])
+def test_an_output_gradient_scaled_by_positions_trains_as_the_simulation(sliced, chunked, positions):
+    """expand's output gradient (256 positions) scaled a few positions at a time (device/exec.c,
+    scaled_rows): the device's parameters after four steps are those of the simulation, which
+    scales the whole tensor."""
+    g = expansion_model()
+    model = Model(g, planned_with(g, sliced, chunked, positions))
+    size = model.plan.buffers[model.plan.op_refs["expand"]["grad_scaled"]].size
+    assert size == plan.scaled_bytes(g, g.op("expand"), positions["expand"]) < g.tensors["expand"].size
+    assert not model.plan.conflicts()
+    images, labels = tiny_model.faces()
+    recs = [H.Record("train", model.input_tensor(x), int(y), 0.0) for x, y in zip(images[:4], labels[:4])]
+    _, got, params, _, _ = H.run([model.to_bytes()], recs, 256 * 1024)
+    sim = simulate.Simulator(model)
+    for r, result in zip(recs, got):
+        assert result[:2] == ("train", 0) and sim.train_step(r.x, r.label).loss == pytest.approx(result[2])
+    assert params == sim.params()
+
+
+def test_the_loader_rejects_wrong_scaled_positions():
+    g = expansion_model()
+    model = Model(g, planned_with(g, positions={"expand": 5}))
+    data = model.to_bytes()
+    assert Model.from_bytes(data).to_bytes() == data
+    names = list(g.tensors)
+
+    def with_positions(tensor, positions):
+        blob = bytearray(data)
+        struct.pack_into("<H", blob, 64 + 24 * names.index(tensor) + 22, positions)
+        return fix_crc(blob)
+
+    n_pos = g.tensors["expand"].size // g.tensors["expand"].shape[2]
+    cases = [(with_positions("expand", 9), "grad_scaled buffer"),                 # more than it holds
+             (with_positions("expand", n_pos), "scaled by %d positions: not allowed" % n_pos),
+             (with_positions("dw2", 2), "scaled by 2 positions: not allowed")]     # not pointwise
+    results = H.load_many([c[0] for c in cases] + [data], 256 * 1024)
+    for (_, message), (status, got) in zip(cases, results):
+        assert status == 11 and message in got, (message, got)
+    assert results[-1][0] == 0

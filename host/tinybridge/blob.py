@@ -60,9 +60,10 @@ def write(g, plan):
     tid = {name: i for i, name in enumerate(names)}
     needs = g.needs_output_grad()
     data = _Data()
+    scale_positions = {op.output: plan.scale_positions.get(op.name, 0) for op in g.ops}
     tensors = b"".join(
         TENSOR.pack(*t.shape, plan.stream_rows.get(name, 0), t.zero_point, np.float32(t.scale),
-                    *(_ref(plan.tensor_refs[name][f]) for f in P.TENSOR_FIELDS), 0)
+                    *(_ref(plan.tensor_refs[name][f]) for f in P.TENSOR_FIELDS), scale_positions.get(name, 0))
         for name, t in g.tensors.items())
     ops = b""
     for op in g.ops:
@@ -135,12 +136,14 @@ def read(blob):
 
     names = ["t%d" % i for i in range(n_tensors)]
     tensors, tensor_refs = {}, {}
-    stream_rows = {}
-    for name, (h, w, c, rows, zero, scale, *refs, _) in zip(names, t_recs):
+    stream_rows, positions_of = {}, {}
+    for name, (h, w, c, rows, zero, scale, *refs, positions) in zip(names, t_recs):
         tensors[name] = G.Tensor((h, w, c), float(np.float32(scale)), zero)
         tensor_refs[name] = {f: ref(r) for f, r in zip(P.TENSOR_FIELDS, refs)}
         if rows:
             stream_rows[name] = rows
+        if positions:
+            positions_of[name] = positions
     ops, op_refs, wgrad_chunk, grad_chunk_of = [], {}, {}, {}
     for i, rec in enumerate(o_recs):
         kind_code, train, kh, kw, sh, sw, pt, pl, in0, in1, out, n_sel, act_min, act_max = rec[:14]
@@ -178,8 +181,9 @@ def read(blob):
                 rounding="single" if flags & FLAG_SINGLE_ROUNDING else "tflite", lr=float(np.float32(lr)),
                 momentum=float(np.float32(momentum)), seed=seed, step=step)
     buffers = [P.Buffer("buffer%d" % i, s, o) for i, (o, s) in enumerate(b_recs)]
+    scale_positions = {op.name: positions_of[op.output] for op in ops if op.output in positions_of}
     return g, P.Plan(buffers, tensor_refs, op_refs, wgrad_chunk, params, arena, stream_rows=stream_rows,
-                     grad_chunk=grad_chunk_of)
+                     grad_chunk=grad_chunk_of, scale_positions=scale_positions)
 
 
 def _padding(in_shape, out_shape, kernel, stride, pads, i):
