@@ -502,6 +502,31 @@ def test_masks():
     assert K.apply_mask(g, mask).tolist() == [0, 2, 3, 4, 0, 0, 0, 0, 9]
 
 
+def unaligned(values, offset):
+    """values copied to `offset` bytes past an 8-byte aligned address (the DSP paths load words)."""
+    raw = np.zeros(values.nbytes + 16, np.uint8)
+    start = (-raw.ctypes.data) % 8 + offset
+    out = raw[start:start + values.nbytes].view(values.dtype)
+    out[:] = values
+    return out
+
+
+# (act_min, act_max): full int8, ReLU6 and ReLU like, the narrowest ranges that pass anything
+# (act_max - act_min = 2) at both ends, and ranges that pass nothing
+MASK_RANGES = [(-128, 127), (-128, 6), (0, 127), (-100, 100), (-128, -126), (125, 127), (-5, -3),
+               (10, 11), (7, 7)]
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 1003])
+def test_clamp_mask_matches_definition(n):
+    rng = np.random.default_rng(94_000 + n)
+    for i, (lo, hi) in enumerate(MASK_RANGES):
+        y = unaligned(rng.integers(-128, 128, n, dtype=np.int8), i % 4)
+        y[:min(n, 8)] = np.array([lo, hi, lo + 1, hi - 1, -128, 127, 0, lo], np.int8)[:min(n, 8)]
+        want = np.packbits((y > lo) & (y < hi), bitorder="little")
+        np.testing.assert_array_equal(K.clamp_mask(y, lo, hi), want, err_msg=str((lo, hi)))
+
+
 def test_avgpool_rounding_exact():
     """gx = g / count at the exponent putting max |gx| in [64, 128), rounded half away from zero."""
     for count_hw in [(1, 1), (3, 5), (7, 7), (128, 128)]:

@@ -3,12 +3,63 @@
 #include "tb_train.h"
 #include "tb_grad.h"
 #include "tb_requant.h"
+#include "tb_dsp.h"
+
+#if TB_DSP
+/* DSP path, eight outputs a mask byte: act_min < y < act_max is the unsigned byte test
+ * (y - act_min - 1) mod 256 < R with R = act_max - act_min - 1 in [1, 254] (a y below the range
+ * wraps to at least 127 - act_min > R - 1, one above stays below 256), so per four bytes USUB8
+ * twice and SEL give the bits as bytes 0/1, and one multiply gathers them: bit j of byte j lands
+ * at bit 24 + j of b * 0x01020408 (at 28 + j of b * 0x10204080), every other product bit below 24
+ * and at a different place, so the two products add without carries. Assembly (GCC turns the
+ * multiplies into shifts and adds):
+ *   for each mask byte: lo = SEL(GE of USUB8(USUB8(word, below), range), 0, 0x01010101) of y[0..3],
+ *   hi the same of y[4..7]; *mask++ = (hi * 0x10204080 + lo * 0x01020408) >> 24 */
+__attribute__((naked)) static void clamp_mask_dsp(const int8_t *y, uint8_t *mask, uint8_t *mask_end,
+                                                  uint32_t below, uint32_t range)
+{
+    (void)y, (void)mask, (void)mask_end, (void)below, (void)range;
+    __asm volatile(
+        "push {r4-r9, lr}\n\t"
+        "ldr r4, [sp, #28]\n\t"             /* range */
+        "movs r5, #0\n\t"
+        "mov r6, #0x01010101\n\t"
+        "movw r7, #0x0408\n\t"
+        "movt r7, #0x0102\n\t"
+        "movw r8, #0x4080\n\t"
+        "movt r8, #0x1020\n\t"
+        "1:\n\t"
+        "ldr r9, [r0], #4\n\t"
+        "usub8 r9, r9, r3\n\t"
+        "usub8 r9, r9, r4\n\t"
+        "sel r12, r5, r6\n\t"
+        "ldr r9, [r0], #4\n\t"
+        "usub8 r9, r9, r3\n\t"
+        "usub8 r9, r9, r4\n\t"
+        "sel r9, r5, r6\n\t"
+        "mul r9, r9, r8\n\t"
+        "mla r9, r12, r7, r9\n\t"
+        "lsr r9, r9, #24\n\t"
+        "strb r9, [r1], #1\n\t"
+        "cmp r1, r2\n\t"
+        "bne 1b\n\t"
+        "pop {r4-r9, pc}\n\t");
+}
+#endif
 
 void tb_clamp_mask_pack_s8(const int8_t *y, int32_t n, int32_t act_min, int32_t act_max,
                            uint8_t *mask)
 {
-    for (int32_t i = 0; i < (n + 7) / 8; i++) mask[i] = 0;
-    for (int32_t i = 0; i < n; i++)
+    int32_t done = 0;
+#if TB_DSP
+    if (n >= 8 && act_min >= -128 && act_max <= 127 && act_max - act_min >= 2) {
+        done = n / 8 * 8;
+        clamp_mask_dsp(y, mask, mask + n / 8, (uint32_t)(uint8_t)(act_min + 1) * 0x01010101u,
+                       (uint32_t)(act_max - act_min - 1) * 0x01010101u);
+    }
+#endif
+    for (int32_t i = done / 8; i < (n + 7) / 8; i++) mask[i] = 0;
+    for (int32_t i = done; i < n; i++)
         if (y[i] > act_min && y[i] < act_max) mask[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
