@@ -527,6 +527,20 @@ def test_clamp_mask_matches_definition(n):
         np.testing.assert_array_equal(K.clamp_mask(y, lo, hi), want, err_msg=str((lo, hi)))
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 1003])
+def test_apply_mask_matches_definition(n):
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(95_000 + n)
+    mask = rng.integers(0, 256, (n + 7) // 8, dtype=np.uint8)
+    mask[0] = 0b10110001
+    keep = np.unpackbits(mask, bitorder="little")[:n].astype(bool)
+    for offset in range(4):   # in place at every alignment (the binding would copy g)
+        g = unaligned(rng.integers(-127, 128, n, dtype=np.int8), offset)
+        want = np.where(keep, g, 0)
+        C.lib.tb_grad_apply_mask_s8(C.ptr("int8_t", g), C.ptr("uint8_t", mask), n)
+        np.testing.assert_array_equal(g, want)
+
+
 def test_avgpool_rounding_exact():
     """gx = g / count at the exponent putting max |gx| in [64, 128), rounded half away from zero."""
     for count_hw in [(1, 1), (3, 5), (7, 7), (128, 128)]:

@@ -63,9 +63,26 @@ void tb_clamp_mask_pack_s8(const int8_t *y, int32_t n, int32_t act_min, int32_t 
         if (y[i] > act_min && y[i] < act_max) mask[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
+#if TB_DSP
+/* Four mask bits as four bytes 0x00 / 0xFF (LSB first), ANDed with four gradient bytes. */
+static const uint32_t tb_mask_nibble_bytes[16] = {
+    0x00000000u, 0x000000FFu, 0x0000FF00u, 0x0000FFFFu, 0x00FF0000u, 0x00FF00FFu,
+    0x00FFFF00u, 0x00FFFFFFu, 0xFF000000u, 0xFF0000FFu, 0xFF00FF00u, 0xFF00FFFFu,
+    0xFFFF0000u, 0xFFFF00FFu, 0xFFFFFF00u, 0xFFFFFFFFu};
+#endif
+
 void tb_grad_apply_mask_s8(int8_t *g, const uint8_t *mask, int32_t n)
 {
-    for (int32_t i = 0; i < n; i++)
+    int32_t i = 0;
+#if TB_DSP
+    /* eight bytes a mask byte, as two words */
+    for (; i + 8 <= n; i += 8) {
+        const uint32_t m = mask[i >> 3];
+        tb_write32(g + i, tb_read32(g + i) & tb_mask_nibble_bytes[m & 15u]);
+        tb_write32(g + i + 4, tb_read32(g + i + 4) & tb_mask_nibble_bytes[m >> 4]);
+    }
+#endif
+    for (; i < n; i++)
         if (!((mask[i >> 3] >> (i & 7)) & 1u)) g[i] = 0;
 }
 

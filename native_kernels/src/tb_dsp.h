@@ -36,12 +36,18 @@
 
 #define TB_INLINE static inline __attribute__((always_inline))
 
-/* 4 bytes from any address (the M7 allows unaligned LDR; memcpy keeps C aliasing rules). */
+/* 4 bytes from or to any address (the M7 allows unaligned LDR and STR; memcpy keeps C aliasing
+ * rules). */
 TB_INLINE uint32_t tb_read32(const void *p)
 {
     uint32_t v;
     memcpy(&v, p, 4);
     return v;
+}
+
+TB_INLINE void tb_write32(void *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
 }
 
 /* SXTB16 / SXTAB16 of the odd bytes: GCC 12 does not fold a rotate into them, so spell it. */
