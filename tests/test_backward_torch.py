@@ -539,6 +539,8 @@ def test_apply_mask_matches_definition(n):
         want = np.where(keep, g, 0)
         C.lib.tb_grad_apply_mask_s8(C.ptr("int8_t", g), C.ptr("uint8_t", mask), n)
         np.testing.assert_array_equal(g, want)
+    acc = rng.integers(-(1 << 31), (1 << 31) - 1, n, dtype=np.int64).astype(np.int32)
+    np.testing.assert_array_equal(K.apply_mask(acc, mask), np.where(keep, acc, 0))
 
 
 def test_avgpool_rounding_exact():

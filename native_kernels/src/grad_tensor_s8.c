@@ -86,9 +86,42 @@ void tb_grad_apply_mask_s8(int8_t *g, const uint8_t *mask, int32_t n)
         if (!((mask[i >> 3] >> (i & 7)) & 1u)) g[i] = 0;
 }
 
+#if TB_DSP
+/* Eight sums a mask byte (assembly): LDM eight words, each ANDed with its bit sign-extended
+ * (SBFX: 0 or -1), STM back. acc is word aligned (int32_t). */
+__attribute__((naked)) static void apply_mask_s32_dsp(int32_t *acc, const uint8_t *mask,
+                                                      const uint8_t *mask_end)
+{
+    (void)acc, (void)mask, (void)mask_end;
+#define MASK_WORD(R, BIT)                  \
+    "sbfx r12, r3, #" BIT ", #1\n\t"      \
+    "and " R ", " R ", r12\n\t"
+    __asm volatile(
+        "push {r4-r11}\n\t"
+        "1:\n\t"
+        "ldrb r3, [r1], #1\n\t"
+        "ldmia r0, {r4-r11}\n\t"
+        MASK_WORD("r4", "0") MASK_WORD("r5", "1") MASK_WORD("r6", "2") MASK_WORD("r7", "3")
+        MASK_WORD("r8", "4") MASK_WORD("r9", "5") MASK_WORD("r10", "6") MASK_WORD("r11", "7")
+        "stmia r0!, {r4-r11}\n\t"
+        "cmp r1, r2\n\t"
+        "bne 1b\n\t"
+        "pop {r4-r11}\n\t"
+        "bx lr\n\t");
+#undef MASK_WORD
+}
+#endif
+
 void tb_grad_apply_mask_s32(int32_t *acc, const uint8_t *mask, int32_t n)
 {
-    for (int32_t i = 0; i < n; i++)
+    int32_t i = 0;
+#if TB_DSP
+    if (n >= 8) {
+        i = n / 8 * 8;
+        apply_mask_s32_dsp(acc, mask, mask + n / 8);
+    }
+#endif
+    for (; i < n; i++)
         if (!((mask[i >> 3] >> (i & 7)) & 1u)) acc[i] = 0;
 }
 
