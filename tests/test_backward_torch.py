@@ -506,8 +506,8 @@ def unaligned(values, offset):
     """values copied to `offset` bytes past an 8-byte aligned address (the DSP paths load words)."""
     raw = np.zeros(values.nbytes + 16, np.uint8)
     start = (-raw.ctypes.data) % 8 + offset
-    out = raw[start:start + values.nbytes].view(values.dtype)
-    out[:] = values
+    out = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
     return out
 
 
@@ -541,6 +541,22 @@ def test_apply_mask_matches_definition(n):
         np.testing.assert_array_equal(g, want)
     acc = rng.integers(-(1 << 31), (1 << 31) - 1, n, dtype=np.int64).astype(np.int32)
     np.testing.assert_array_equal(K.apply_mask(acc, mask), np.where(keep, acc, 0))
+
+
+@pytest.mark.parametrize("n_pos,c", [(1, 1), (1, 8), (2, 3), (127, 4), (128, 5), (129, 8), (300, 7),
+                                     (257, 12), (64, 96)])
+def test_bias_grad_sums_exactly(n_pos, c):
+    """Sizes around the DSP path's groups of four channels and 128-position blocks, extreme values
+    and every alignment."""
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(96_000 + n_pos * c)
+    for offset in range(4):
+        g = rng.integers(-128, 128, (n_pos, c), dtype=np.int8)
+        g[:, 0] = -128 if offset % 2 else 127
+        g = unaligned(g, offset)
+        grad_b = np.empty(c, np.int32)
+        C.lib.tb_bias_grad_s8(C.ptr("int8_t", g), n_pos, c, C.ptr("int32_t", grad_b))
+        np.testing.assert_array_equal(grad_b, g.astype(np.int64).sum(axis=0))
 
 
 def test_avgpool_rounding_exact():
