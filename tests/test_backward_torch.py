@@ -428,6 +428,33 @@ def test_requantize_rule(seed):
     assert np.abs(out).max(initial=0) <= 127
 
 
+@pytest.mark.parametrize("bits", [7, 8, 9, 10, 20, 31, 32])
+def test_requantize_rule_at_every_size(bits):
+    """Largest magnitudes of every bit length around the DSP path's limits (shift 0-2, 24, and
+    INT32_MIN), ties, values that round to +-128, sizes around its blocks of eight and four; in
+    place and into a buffer at every alignment."""
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(97_000 + bits)
+    for n in [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1001]:
+        top = 1 << (bits - 1)
+        acc = rng.integers(-top, top, n, dtype=np.int64)
+        s = max(bits - 7, 1)
+        extremes = [-top, top - 1, (127 << s) + (1 << (s - 1)), -(127 << s) - (1 << (s - 1)),
+                    (3 << (s - 1)), -(3 << (s - 1)), (5 << (s - 1)) - 1, 0]
+        acc[:min(n, 8)] = np.array(extremes)[:min(n, 8)].clip(-top, top - 1)
+        rng.shuffle(acc)
+        acc = acc.astype(np.int32)
+        want, want_e = ref_requantize(acc, -4)
+        buf = acc.copy()
+        e = C.lib.tb_grad_requantize_s32_s8(C.ptr("int32_t", buf), n, -4, C.ptr("int8_t", buf.view(np.int8)))
+        assert e == want_e
+        np.testing.assert_array_equal(buf.view(np.int8)[:n], want)
+        for offset in range(4):
+            out = unaligned(np.zeros(n, np.int8), offset)
+            assert C.lib.tb_grad_requantize_s32_s8(C.ptr("int32_t", acc), n, -4, C.ptr("int8_t", out)) == want_e
+            np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_grad_add_exact(seed):
     rng = np.random.default_rng(91_000 + seed)

@@ -125,16 +125,90 @@ void tb_grad_apply_mask_s32(int32_t *acc, const uint8_t *mask, int32_t n)
         if (!((mask[i >> 3] >> (i & 7)) & 1u)) acc[i] = 0;
 }
 
+#if TB_DSP
+/* The OR of |acc[i]| up to end, eight a loop (assembly): LDM, then EOR and SUB with the sign
+ * (|v|, 2^31 for INT32_MIN) and ORR. Its bit length is the largest magnitude's. */
+__attribute__((naked)) static uint32_t or_abs_dsp(const int32_t *acc, const int32_t *end)
+{
+    (void)acc, (void)end;
+#define OR_ABS(R)                         \
+    "eor r12, " R ", " R ", asr #31\n\t" \
+    "sub r12, r12, " R ", asr #31\n\t"   \
+    "orr r3, r3, r12\n\t"
+    __asm volatile(
+        "push {r4-r11}\n\t"
+        "movs r3, #0\n\t"
+        "1:\n\t"
+        "ldmia r0!, {r4-r11}\n\t"
+        OR_ABS("r4") OR_ABS("r5") OR_ABS("r6") OR_ABS("r7")
+        OR_ABS("r8") OR_ABS("r9") OR_ABS("r10") OR_ABS("r11")
+        "cmp r0, r1\n\t"
+        "bne 1b\n\t"
+        "mov r0, r3\n\t"
+        "pop {r4-r11}\n\t"
+        "bx lr\n\t");
+#undef OR_ABS
+}
+
+/* out[i] = tb_grad_round_s8(acc[i], s) up to end for s in [2, 24] and |acc[i]| < 2^(s + 7), four a
+ * loop (assembly). Rounding half away from zero is floor((v - [v < 0] + 2^(s-1)) / 2^s), which
+ * SMMULR by 2^(32 - s) computes from v - [v < 0] (ADD with the sign); the result lies in
+ * [-128, 128], SSAT takes it to [-128, 127], and two saturating negations of the packed word (QSUB8
+ * from 0) take -128 to -127: sign(v) min(127, (|v| + 2^(s-1)) >> s). out may alias acc: four
+ * bytes are written after the four words that hold them were read. */
+__attribute__((naked)) static void round_dsp(const int32_t *acc, const int32_t *end, int8_t *out,
+                                             int32_t mult)
+{
+    (void)acc, (void)end, (void)out, (void)mult;
+#define ROUND(R)                          \
+    "add " R ", " R ", " R ", asr #31\n\t" \
+    "smmulr " R ", " R ", r3\n\t"         \
+    "ssat " R ", #8, " R "\n\t"
+    __asm volatile(
+        "push {r4-r8}\n\t"
+        "movs r8, #0\n\t"
+        "1:\n\t"
+        "ldmia r0!, {r4-r7}\n\t"
+        ROUND("r4") ROUND("r5") ROUND("r6") ROUND("r7")
+        "bfi r4, r5, #8, #8\n\t"
+        "bfi r4, r6, #16, #8\n\t"
+        "bfi r4, r7, #24, #8\n\t"
+        "qsub8 r4, r8, r4\n\t"
+        "qsub8 r4, r8, r4\n\t"
+        "str r4, [r2], #4\n\t"
+        "cmp r0, r1\n\t"
+        "bne 1b\n\t"
+        "pop {r4-r8}\n\t"
+        "bx lr\n\t");
+#undef ROUND
+}
+#endif
+
 int32_t tb_grad_requantize_s32_s8(const int32_t *acc, int32_t n, int32_t acc_exp, int8_t *out)
 {
-    uint32_t max_abs = 0;
-    for (int32_t i = 0; i < n; i++) {
-        const uint32_t a = tb_abs_u32(acc[i]);
-        if (a > max_abs) max_abs = a;
+    /* a value of the largest magnitude's bit length (all the exponent rule needs) */
+    uint32_t largest = 0;
+    int32_t i = 0;
+#if TB_DSP
+    if (n >= 8) {
+        i = n / 8 * 8;
+        largest = or_abs_dsp(acc, acc + i);
     }
-    const int32_t shift = tb_grad_shift_for(max_abs);
+#endif
+    for (; i < n; i++) {
+        const uint32_t a = tb_abs_u32(acc[i]);
+        if (a > largest) largest = a;
+    }
+    const int32_t shift = tb_grad_shift_for(largest);
     /* out[i] overwrites bytes of acc[0..i] only, which are already read */
-    for (int32_t i = 0; i < n; i++) out[i] = tb_grad_round_s8(acc[i], shift);
+    i = 0;
+#if TB_DSP
+    if (n >= 4 && shift >= 2 && largest < 0x80000000u) {
+        i = n / 4 * 4;
+        round_dsp(acc, acc + i, out, 1 << (32 - shift));
+    }
+#endif
+    for (; i < n; i++) out[i] = tb_grad_round_s8(acc[i], shift);
     return acc_exp + shift;
 }
 
