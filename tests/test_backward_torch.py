@@ -503,6 +503,51 @@ def test_grad_scale_channels_exact(seed):
     assert cosine(h * 2.0 ** e, real) > 0.999
 
 
+def ref_scale_channels(g, g_exp, mult, shift):
+    """tb_grad_scale_channels_s8's rule written out for any multiplier: each channel rounded at
+    2^r, r = clamp(top - 7 - shift, 0, 31), top the largest bitlen(max |g| * m16) + shift."""
+    m16 = [(int(m) % (1 << 32) + (1 << 15)) >> 16 for m in mult]
+    tops = [(int(np.abs(g[:, k].astype(np.int64)).max()) * m16[k]).bit_length() + int(shift[k])
+            for k in range(g.shape[1]) if np.abs(g[:, k].astype(np.int64)).max() * m16[k]]
+    if not tops:
+        return np.zeros_like(g), g_exp
+    top = max(tops)
+    h = [[ref_round_s8(int(g[p, k]) * m16[k], min(max(top - 7 - int(shift[k]), 0), 31))
+          for k in range(g.shape[1])] for p in range(g.shape[0])]
+    return np.array(h, np.int8), g_exp + top - 22
+
+
+# (n_pos, c, multipliers): channel counts around the DSP path's groups of four, odd position
+# counts, m16 = 2^15, zero and unnormalized multipliers (a group rounding at r < 2 takes the plain
+# path), scales 2^20 apart (r = 31 beside r = 8)
+SCALE_CASES = [
+    (1, 1, [1 << 30]), (3, 4, [(1 << 31) - 1] * 4), (16, 5, [1 << 30, 0, 1 << 30, 1 << 30, 1 << 30]),
+    (17, 8, [1 << 20] + [1 << 30] * 7), (64, 9, [(1 << 31) - (1 << 14)] * 9), (2, 12, [1 << 30] * 12),
+    (5, 4, [1 << 17] * 4), (5, 4, [1 << 16] * 4),   # one shift, |g| 128: m16 = 2 gives r = 2, m16 = 1 r = 1
+]
+
+
+@pytest.mark.parametrize("case", range(len(SCALE_CASES)))
+def test_grad_scale_channels_edges(case):
+    from tinybridge.kernels import _checks as C
+    n_pos, c, mult = SCALE_CASES[case]
+    rng = np.random.default_rng(98_000 + case)
+    mult = np.array(mult, np.int32)
+    small = mult.max() < 1 << 30
+    shift = np.full(c, -5, np.int32) if small else rng.integers(-12, -3, c).astype(np.int32)
+    if c >= 8:
+        shift[1] = -25   # its products round at 2^31: to 0 or +-1 beside the others
+    for offset in range(4):
+        g = rng.integers(-128, 128, (n_pos, c), dtype=np.int8)
+        g[0, :] = [-128 if small or k % 2 == 0 else 127 for k in range(c)]
+        want, want_e = ref_scale_channels(g, -9, mult, shift)
+        g = unaligned(g, offset)   # and in place (h = g)
+        e = C.lib.tb_grad_scale_channels_s8(C.ptr("int8_t", g), -9, n_pos, c, C.ptr("int32_t", mult),
+                                            C.ptr("int32_t", shift), C.ptr("int8_t", g))
+        assert e == want_e
+        np.testing.assert_array_equal(g, want)
+
+
 def test_in_place_requantize_and_add():
     """The device compacts int32 sums into int8 in place and sums a fork into one of its inputs."""
     from tinybridge.kernels import _checks as C

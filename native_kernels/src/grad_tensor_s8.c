@@ -257,6 +257,141 @@ static int32_t tb_mult16(int32_t mult)
     return (int32_t)(((uint32_t)mult + 0x8000u) >> 16);
 }
 
+/* max_p |g[p][k]| of one channel (stride c) */
+static uint32_t scale_channel_max(const int8_t *g, int32_t n_pos, int32_t c)
+{
+    uint32_t g_max = 0;
+    for (int32_t p = 0; p < n_pos; p++) {
+        const uint32_t a = tb_abs_u32(g[p * c]);
+        if (a > g_max) g_max = a;
+    }
+    return g_max;
+}
+
+/* h[p][k] of one channel: g * m16 rounded at 2^r */
+static void scale_channel(const int8_t *g, int32_t n_pos, int32_t c, int32_t m16, int32_t r, int8_t *h)
+{
+    for (int32_t p = 0; p < n_pos; p++) h[p * c] = tb_grad_round_s8(g[p * c] * m16, r);
+}
+
+/* the rounding exponent of channel k (>= 8 wherever g * m16 is nonzero: a product below 2^22
+ * rounds to 0 at 31) */
+static int32_t scale_r(int32_t top, int32_t shift)
+{
+    return tb_clamp_i32(top - 7 - shift, 0, 31);
+}
+
+#if TB_DSP
+/* DSP path, four adjacent channels down the positions (assembly: GCC packs the bytes with a
+ * dozen instructions and keeps the loops' constants on the stack). */
+
+/* The largest magnitudes: per position one LDR, SSUB8/SEL twice (bytewise signed max and min);
+ * |g| max = max(max, -min) afterwards. Two positions a loop (n_pos even). */
+__attribute__((naked)) static void scale_quad_extremes(const int8_t *g, const int8_t *end,
+                                                       int32_t c, uint32_t extremes[2])
+{
+    (void)g, (void)end, (void)c, (void)extremes;
+#define EXTREMES(W)                       \
+    "ssub8 r12, " W ", r4\n\t"            \
+    "sel r4, " W ", r4\n\t"               \
+    "ssub8 r12, " W ", r5\n\t"            \
+    "sel r5, r5, " W "\n\t"
+    __asm volatile(
+        "push {r4-r7}\n\t"
+        "mov r4, #0x80808080\n\t"         /* max */
+        "mov r5, #0x7F7F7F7F\n\t"         /* min */
+        "1:\n\t"
+        "ldr r6, [r0]\n\t"
+        "ldr r7, [r0, r2]\n\t"
+        "add r0, r0, r2, lsl #1\n\t"
+        EXTREMES("r6") EXTREMES("r7")
+        "cmp r0, r1\n\t"
+        "bne 1b\n\t"
+        "strd r4, r5, [r3]\n\t"
+        "pop {r4-r7}\n\t"
+        "bx lr\n\t");
+#undef EXTREMES
+}
+
+/* h = tb_grad_round_s8(g * m16, r) for four channels with every r in [2, 31]. Rounding half away
+ * from zero is floor((P - [P < 0] + 2^(r-1)) / 2^r) = SMMULR(P - [P < 0], 2^(32 - r)) (exact: the
+ * 64-bit product). The products come from SMULBB/SMULTT of the SXTB16 halves with -m16, which fits
+ * a halfword even for m16 = 2^15, so the result is -h in [-128, 128]; SSAT to [-128, 127] and one
+ * saturating negation of the packed word (QSUB8 from 0) give h clamped to [-127, 127].
+ *   per position: w = g[0..3]; even, odd = SXTB16(w), SXTB16(w ror 8); v_j = SSAT8(SMMULR(p_j +
+ *   (p_j >> 31), M_j)) with p_0 = SMULBB(even, neg_even), p_1 = SMULBB(odd, neg_odd), p_2, p_3 the
+ *   SMULTTs; h[0..3] = QSUB8(0, v_0 | v_1 << 8 | v_2 << 16 | v_3 << 24) */
+typedef struct {
+    const int8_t *end;
+    int32_t c;
+    uint32_t neg_even, neg_odd;    /* [-m16[0], -m16[2]], [-m16[1], -m16[3]] */
+    int32_t round[4];              /* 2^(32 - r[j]) */
+} scale_quad_ctx;
+
+__attribute__((naked)) static void scale_quad_run(const int8_t *g, int8_t *h, const scale_quad_ctx *k)
+{
+    (void)g, (void)h, (void)k;
+#define SCALE(D, S, MUL, NEG, M)            \
+    MUL " " D ", " S ", " NEG "\n\t"       \
+    "add " D ", " D ", " D ", asr #31\n\t" \
+    "smmulr " D ", " D ", " M "\n\t"       \
+    "ssat " D ", #8, " D "\n\t"
+    __asm volatile(
+        "push {r4-r11, lr}\n\t"
+        "ldmia r2, {r2-r9}\n\t"            /* end c neg_even neg_odd round[4] */
+        "movs r10, #0\n\t"
+        "1:\n\t"
+        "ldr r11, [r0]\n\t"
+        "add r0, r0, r3\n\t"
+        "sxtb16 r12, r11, ror #8\n\t"
+        "sxtb16 r11, r11\n\t"
+        SCALE("lr", "r11", "smulbb", "r4", "r6")
+        SCALE("r11", "r11", "smultt", "r4", "r8")
+        "bfi lr, r11, #16, #8\n\t"
+        SCALE("r11", "r12", "smulbb", "r5", "r7")
+        "bfi lr, r11, #8, #8\n\t"
+        SCALE("r12", "r12", "smultt", "r5", "r9")
+        "bfi lr, r12, #24, #8\n\t"
+        "qsub8 lr, r10, lr\n\t"
+        "str lr, [r1]\n\t"
+        "add r1, r1, r3\n\t"
+        "cmp r0, r2\n\t"
+        "bne 1b\n\t"
+        "pop {r4-r11, pc}\n\t");
+#undef SCALE
+}
+
+static void scale_quad_max(const int8_t *g, int32_t n_pos, int32_t c, uint32_t g_max[4])
+{
+    uint32_t ext[2] = {0x80808080u, 0x7F7F7F7Fu};
+    if (n_pos & 1) {
+        ext[0] = ext[1] = tb_read32(g);
+        g += c;
+    }
+    if (n_pos >= 2) {
+        uint32_t pair[2];
+        scale_quad_extremes(g, g + (n_pos & ~1) * c, c, pair);
+        (void)__ssub8(pair[0], ext[0]);
+        ext[0] = __sel(pair[0], ext[0]);
+        (void)__ssub8(pair[1], ext[1]);
+        ext[1] = __sel(ext[1], pair[1]);
+    }
+    for (int32_t j = 0; j < 4; j++) {
+        const int32_t hi = (int8_t)(ext[0] >> 8 * j), lo = -(int8_t)(ext[1] >> 8 * j);
+        g_max[j] = (uint32_t)(hi > lo ? hi : lo);
+    }
+}
+
+static void scale_quad(const int8_t *g, int32_t n_pos, int32_t c, const int32_t m16[4],
+                       const int32_t r[4], int8_t *h)
+{
+    const scale_quad_ctx k = {g + n_pos * c, c, tb_pack_lo((uint32_t)-m16[0], (uint32_t)-m16[2]),
+                              tb_pack_lo((uint32_t)-m16[1], (uint32_t)-m16[3]),
+                              {1 << (32 - r[0]), 1 << (32 - r[1]), 1 << (32 - r[2]), 1 << (32 - r[3])}};
+    scale_quad_run(g, h, &k);
+}
+#endif
+
 int32_t tb_grad_scale_channels_s8(const int8_t *g, int32_t g_exp, int32_t n_pos, int32_t c,
                                   const int32_t *mult, const int32_t *shift, int8_t *h)
 {
@@ -264,25 +399,44 @@ int32_t tb_grad_scale_channels_s8(const int8_t *g, int32_t g_exp, int32_t n_pos,
      * bitlen top = max_k bitlen(max_p |g[p][k]| * m16[k]) + shift[k]: the bitlen rule then rounds
      * every product at 2^(top - 7) of that common scale. */
     int32_t top = INT32_MIN;
-    for (int32_t k = 0; k < c; k++) {
-        uint32_t g_max = 0;
-        for (int32_t p = 0; p < n_pos; p++) {
-            const uint32_t a = tb_abs_u32(g[p * c + k]);
-            if (a > g_max) g_max = a;
+    int32_t k = 0;
+#if TB_DSP
+    for (; k + 4 <= c; k += 4) {
+        uint32_t g_max[4];
+        scale_quad_max(g + k, n_pos, c, g_max);
+        for (int32_t j = 0; j < 4; j++) {
+            const uint32_t prod = g_max[j] * (uint32_t)tb_mult16(mult[k + j]);
+            if (prod && 32 - __builtin_clz(prod) + shift[k + j] > top)   /* bit length by CLZ */
+                top = 32 - __builtin_clz(prod) + shift[k + j];
         }
-        const uint32_t prod = g_max * (uint32_t)tb_mult16(mult[k]);
+    }
+#endif
+    for (; k < c; k++) {
+        const uint32_t prod = scale_channel_max(g + k, n_pos, c) * (uint32_t)tb_mult16(mult[k]);
         if (prod && tb_bitlen_u32(prod) + shift[k] > top) top = tb_bitlen_u32(prod) + shift[k];
     }
     if (top == INT32_MIN) {
         for (int32_t i = 0; i < n_pos * c; i++) h[i] = 0;
         return g_exp;
     }
-    for (int32_t p = 0; p < n_pos; p++) {
-        for (int32_t k = 0; k < c; k++) {
-            /* >= 8 wherever the product is nonzero; a product < 2^22 rounds to 0 at 31 */
-            const int32_t r = tb_clamp_i32(top - 7 - shift[k], 0, 31);
-            h[p * c + k] = tb_grad_round_s8(g[p * c + k] * tb_mult16(mult[k]), r);
+    k = 0;
+#if TB_DSP
+    for (; k + 4 <= c; k += 4) {
+        int32_t m16[4], r[4];
+        int fast = 1;
+        for (int32_t j = 0; j < 4; j++) {
+            m16[j] = tb_mult16(mult[k + j]);
+            r[j] = scale_r(top, shift[k + j]);
+            fast &= r[j] >= 2 && m16[j] <= 1 << 15;
+        }
+        if (fast) {
+            scale_quad(g + k, n_pos, c, m16, r, h + k);
+        } else {
+            for (int32_t j = 0; j < 4; j++) scale_channel(g + k + j, n_pos, c, m16[j], r[j], h + k + j);
         }
     }
+#endif
+    for (; k < c; k++)
+        scale_channel(g + k, n_pos, c, tb_mult16(mult[k]), scale_r(top, shift[k]), h + k);
     return g_exp + top - 22;
 }

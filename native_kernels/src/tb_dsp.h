@@ -73,6 +73,29 @@ TB_INLINE int32_t tb_smmlar(int32_t a, int32_t b, int32_t c)
     return r;
 }
 
+/* (a * b + 2^31) >> 32: SMMULR (no ACLE intrinsic). */
+TB_INLINE int32_t tb_smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+/* Bottom and top signed halfword products (SMULBB, SMULTT: GCC 12's ACLE lacks them). */
+TB_INLINE int32_t tb_smulbb(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm("smulbb %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+TB_INLINE int32_t tb_smultt(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm("smultt %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
 /* (a * b) >> 32, plus c: SMMLA (no ACLE intrinsic). */
 TB_INLINE int32_t tb_smmla(int32_t a, int32_t b, int32_t c)
 {
