@@ -111,6 +111,15 @@ tb_status tb_sgd_update_depthwise_s8(int8_t *w, int32_t taps, int32_t ch, const 
     return TB_OK;
 }
 
+/* (int64_t)r for an integral r with |r| <= 2^33, without the library's float-to-int64 routine
+ * (about 100 instructions on the M7): below 2^31 one VCVT is exact; above, a 24-bit significand
+ * makes r a multiple of 2^8, and r / 2^8 converts exactly. */
+static int64_t tb_integral_to_i64(float r)
+{
+    if (r > -2147483648.0f && r < 2147483648.0f) return (int32_t)r;
+    return (int64_t)(int32_t)(r * 0x1p-8f) * 256;
+}
+
 tb_status tb_sgd_update_bias_s32(int32_t *b, int32_t n, const int32_t *grad_b, float grad_scale,
                                  const float *param_scale, float lr, float momentum,
                                  float *velocity, uint32_t *rng)
@@ -123,7 +132,7 @@ tb_status tb_sgd_update_bias_s32(int32_t *b, int32_t n, const int32_t *grad_b, f
                                             velocity ? velocity + i : 0) *
                            (lr / param_scale[i]);
         /* |step| >= 2^33 saturates any int32 bias, so 2^33 loses nothing */
-        const int64_t v = (int64_t)b[i] - (int64_t)tb_stochastic_round(step, 8589934592.0f, rng);
+        const int64_t v = (int64_t)b[i] - tb_integral_to_i64(tb_stochastic_round(step, 8589934592.0f, rng));
         b[i] = (int32_t)(v < -TB_TRAINED_BIAS_LIMIT ? -TB_TRAINED_BIAS_LIMIT
                                                     : (v > TB_TRAINED_BIAS_LIMIT ? TB_TRAINED_BIAS_LIMIT : v));
     }
