@@ -481,6 +481,33 @@ def test_grad_add_exact(seed):
         assert max(abs(u - v) for u, v in zip(ours, ref)) <= Fraction(2) ** max(e, want_e)
 
 
+@pytest.mark.parametrize("diff", [0, 1, 14, 15, 23])
+def test_grad_add_at_every_size(diff):
+    """Exponents 0-23 apart (the DSP path takes up to 14), sums whose largest magnitude calls for
+    shifts 0, 1 and more, ties, a zero addend, sizes around its four a loop; into either addend
+    and into a buffer at every alignment."""
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(99_000 + diff)
+    for n in [1, 3, 4, 5, 8, 9, 1001]:
+        for top in [3, 60, 127]:
+            a = rng.integers(-top, top + 1, n, dtype=np.int8)
+            b = rng.integers(-top, top + 1, n, dtype=np.int8)
+            a[:min(n, 4)] = np.array([top, -top, -128 if top == 127 else top, 1])[:min(n, 4)]
+            ea, eb = -9, -9 - diff
+            if top == 3 and n == 9:
+                b[:] = 0
+            exact = [(int(u) << (ea - eb)) + int(v) for u, v in zip(a, b)]
+            if not b.any():
+                exact, eb = [int(u) for u in a], ea
+            want, want_e = ref_requantize(np.array(exact, dtype=object), min(ea, eb))
+            for k, dst in enumerate([a, b] + [unaligned(np.zeros(n, np.int8), o) for o in range(4)]):
+                x, y = a.copy(), b.copy()
+                out = (x, y)[k] if k < 2 else dst
+                e = C.lib.tb_grad_add_s8(C.ptr("int8_t", y), eb, C.ptr("int8_t", x), ea, n, C.ptr("int8_t", out))
+                assert e == want_e
+                np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_grad_scale_channels_exact(seed):
     """Exactly the bitlen rule applied to g * m16 * 2^shift (m16: the multiplier to 16 bits)."""

@@ -219,33 +219,122 @@ static int32_t tb_grad_align(int32_t v, int32_t s)
     return s < -8 ? 0 : tb_grad_round_s8(v, -s);  /* |v| / 2^9 < 1/2 rounds to 0 */
 }
 
-static uint32_t tb_max_abs_s8(const int8_t *a, int32_t n)
+static int tb_all_zero_s8(const int8_t *a, int32_t n)
 {
-    uint32_t m = 0;
-    for (int32_t i = 0; i < n; i++) {
-        const uint32_t v = tb_abs_u32(a[i]);
-        if (v > m) m = v;
-    }
-    return m;
+    for (int32_t i = 0; i < n; i++)
+        if (a[i]) return 0;
+    return 1;
 }
+
+#if TB_DSP
+/* DSP path for addends at most 14 apart: s = x 2^d + y (x the addend of the larger exponent,
+ * d = the difference, y at the common exponent), per four outputs SXTB16 of x's word (halves
+ * [x0 x2], [x1 x3]), SXTB of each y byte and SMLABB/SMLATB with D = 2^d (a halfword for d <= 14):
+ * exact, |s| < 2^22. Assembly, four outputs a loop. */
+#define ADD_SUMS                                                        \
+    "sxtb16 r7, r5\n\t"                                                 \
+    "sxtb16 r5, r5, ror #8\n\t"                                         \
+    "sxtb r9, r6\n\t"           "smlabb r9, r7, r3, r9\n\t"    STEP("r9", "0")   \
+    "sxtb r9, r6, ror #8\n\t"   "smlabb r9, r5, r3, r9\n\t"    STEP("r9", "8")   \
+    "sxtb r9, r6, ror #16\n\t"  "smlatb r9, r7, r3, r9\n\t"    STEP("r9", "16")  \
+    "sxtb r9, r6, ror #24\n\t"  "smlatb r9, r5, r3, r9\n\t"    STEP("r9", "24")
+
+/* The OR of |s| over the words of x up to end (its bit length is the largest |s|'s). */
+__attribute__((naked)) static uint32_t add_or_abs(const int8_t *x, const int8_t *y, const int8_t *end,
+                                                  int32_t d_mult)
+{
+    (void)x, (void)y, (void)end, (void)d_mult;
+#define STEP(S, BYTE)                       \
+    "eor r10, " S ", " S ", asr #31\n\t"   \
+    "sub r10, r10, " S ", asr #31\n\t"     \
+    "orr r4, r4, r10\n\t"
+    __asm volatile(
+        "push {r4-r10}\n\t"
+        "movs r4, #0\n\t"
+        "1:\n\t"
+        "ldr r5, [r0], #4\n\t"
+        "ldr r6, [r1], #4\n\t"
+        ADD_SUMS
+        "cmp r0, r2\n\t"
+        "bne 1b\n\t"
+        "mov r0, r4\n\t"
+        "pop {r4-r10}\n\t"
+        "bx lr\n\t");
+#undef STEP
+}
+
+/* out = tb_grad_round_s8(s, shift) for shift >= 1, |s| < 2^(shift + 7): floor((s + 2^(shift-1)
+ * - [s < 0]) / 2^shift) in [-128, 128], SSAT to [-128, 127] (BFI into the output word), and two
+ * saturating negations of the word (QSUB8 from 0) take -128 to -127. out may alias x or y. */
+typedef struct {
+    const int8_t *end;
+    int32_t d_mult, round, shift;
+} add_round_ctx;
+
+__attribute__((naked)) static void add_round(const int8_t *x, const int8_t *y, int8_t *out,
+                                             const add_round_ctx *k)
+{
+    (void)x, (void)y, (void)out, (void)k;
+#define STEP(S, BYTE)                       \
+    "add r12, r4, " S ", asr #31\n\t"      \
+    "add " S ", " S ", r12\n\t"            \
+    "asr " S ", " S ", r8\n\t"             \
+    "ssat " S ", #8, " S "\n\t"            \
+    "bfi r11, " S ", #" BYTE ", #8\n\t"
+    __asm volatile(
+        "push {r4-r11, lr}\n\t"
+        "mov lr, r2\n\t"                   /* out */
+        "ldmia r3, {r2, r3, r4, r8}\n\t"    /* end d_mult round shift */
+        "movs r10, #0\n\t"
+        "1:\n\t"
+        "ldr r5, [r0], #4\n\t"
+        "ldr r6, [r1], #4\n\t"
+        ADD_SUMS
+        "qsub8 r11, r10, r11\n\t"
+        "qsub8 r11, r10, r11\n\t"
+        "str r11, [lr], #4\n\t"
+        "cmp r0, r2\n\t"
+        "bne 1b\n\t"
+        "pop {r4-r11, pc}\n\t");
+#undef STEP
+}
+#undef ADD_SUMS
+#endif
 
 int32_t tb_grad_add_s8(const int8_t *a, int32_t a_exp, const int8_t *b, int32_t b_exp, int32_t n,
                        int8_t *out)
 {
     /* an all-zero addend (e.g. a fully clamped branch) carries no meaningful exponent */
-    if (tb_max_abs_s8(a, n) == 0) a_exp = b_exp;
-    if (tb_max_abs_s8(b, n) == 0) b_exp = a_exp;
+    if (tb_all_zero_s8(a, n)) a_exp = b_exp;
+    if (tb_all_zero_s8(b, n)) b_exp = a_exp;
     /* common exponent e: both addends at most 2^23 above it, so |sum| <= 2 * 127 * 2^23 < 2^31 */
     const int32_t hi = a_exp > b_exp ? a_exp : b_exp;
     const int32_t lo = a_exp < b_exp ? a_exp : b_exp;
     const int32_t e = lo > hi - 23 ? lo : hi - 23;
     uint32_t max_abs = 0;
-    for (int32_t i = 0; i < n; i++) {
+    int32_t i = 0;
+#if TB_DSP
+    const int fast = n >= 4 && hi - lo <= 14;
+    const int8_t *x = a_exp >= b_exp ? a : b, *y = a_exp >= b_exp ? b : a;
+    if (fast) {
+        i = n / 4 * 4;
+        max_abs = add_or_abs(x, y, x + i, 1 << (hi - lo));
+    }
+#endif
+    for (; i < n; i++) {
         const uint32_t s = tb_abs_u32(tb_grad_align(a[i], a_exp - e) + tb_grad_align(b[i], b_exp - e));
         if (s > max_abs) max_abs = s;
     }
     const int32_t shift = tb_grad_shift_for(max_abs);
-    for (int32_t i = 0; i < n; i++)
+    i = 0;
+#if TB_DSP
+    if (fast && shift >= 1) {
+        const add_round_ctx k = {x + n / 4 * 4, 1 << (hi - lo), 1 << (shift - 1), shift};
+        i = n / 4 * 4;
+        add_round(x, y, out, &k);
+    }
+#endif
+    for (; i < n; i++)
         out[i] = tb_grad_round_s8(tb_grad_align(a[i], a_exp - e) + tb_grad_align(b[i], b_exp - e),
                                   shift);
     return e + shift;
