@@ -199,6 +199,10 @@ int32_t tb_grad_requantize_s32_s8(const int32_t *acc, int32_t n, int32_t acc_exp
         const uint32_t a = tb_abs_u32(acc[i]);
         if (a > largest) largest = a;
     }
+    if (!largest) {   /* all zero (no gradient reached these sums, e.g. a fresh classifier) */
+        for (i = 0; i < n; i++) out[i] = 0;
+        return acc_exp;
+    }
     const int32_t shift = tb_grad_shift_for(largest);
     /* out[i] overwrites bytes of acc[0..i] only, which are already read */
     i = 0;
@@ -324,6 +328,10 @@ int32_t tb_grad_add_s8(const int8_t *a, int32_t a_exp, const int8_t *b, int32_t 
     for (; i < n; i++) {
         const uint32_t s = tb_abs_u32(tb_grad_align(a[i], a_exp - e) + tb_grad_align(b[i], b_exp - e));
         if (s > max_abs) max_abs = s;
+    }
+    if (!max_abs) {   /* both addends zero */
+        for (i = 0; i < n; i++) out[i] = 0;
+        return e;
     }
     const int32_t shift = tb_grad_shift_for(max_abs);
     i = 0;
