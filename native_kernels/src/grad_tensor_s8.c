@@ -382,12 +382,14 @@ static int32_t scale_r(int32_t top, int32_t shift)
 /* DSP path, four adjacent channels down the positions (assembly: GCC packs the bytes with a
  * dozen instructions and keeps the loops' constants on the stack). */
 
-/* The largest magnitudes: per position one LDR, SSUB8/SEL twice (bytewise signed max and min);
- * |g| max = max(max, -min) afterwards. Two positions a loop (n_pos even). */
-__attribute__((naked)) static void scale_quad_extremes(const int8_t *g, const int8_t *end,
-                                                       int32_t c, uint32_t extremes[2])
+/* The four channels' largest |g| as bytes: per position one LDR and SSUB8/SEL twice (bytewise
+ * signed max and min, from the first position's; then one position if an odd number is left, then
+ * two a loop), then |max|, |min| (SSUB8 from 0, SEL: 128 for -128) and their unsigned maximum
+ * (USUB8, SEL). */
+__attribute__((naked)) static uint32_t scale_quad_max(const int8_t *g, const int8_t *end, int32_t c,
+                                                      int32_t odd_left)
 {
-    (void)g, (void)end, (void)c, (void)extremes;
+    (void)g, (void)end, (void)c, (void)odd_left;
 #define EXTREMES(W)                       \
     "ssub8 r12, " W ", r4\n\t"            \
     "sel r4, " W ", r4\n\t"               \
@@ -395,8 +397,16 @@ __attribute__((naked)) static void scale_quad_extremes(const int8_t *g, const in
     "sel r5, r5, " W "\n\t"
     __asm volatile(
         "push {r4-r7}\n\t"
-        "mov r4, #0x80808080\n\t"         /* max */
-        "mov r5, #0x7F7F7F7F\n\t"         /* min */
+        "ldr r4, [r0]\n\t"                 /* max */
+        "mov r5, r4\n\t"                   /* min */
+        "add r0, r0, r2\n\t"
+        "cbz r3, 3f\n\t"
+        "ldr r6, [r0]\n\t"
+        "add r0, r0, r2\n\t"
+        EXTREMES("r6")
+        "3:\n\t"
+        "cmp r0, r1\n\t"
+        "beq 2f\n\t"
         "1:\n\t"
         "ldr r6, [r0]\n\t"
         "ldr r7, [r0, r2]\n\t"
@@ -404,7 +414,14 @@ __attribute__((naked)) static void scale_quad_extremes(const int8_t *g, const in
         EXTREMES("r6") EXTREMES("r7")
         "cmp r0, r1\n\t"
         "bne 1b\n\t"
-        "strd r4, r5, [r3]\n\t"
+        "2:\n\t"
+        "movs r6, #0\n\t"
+        "ssub8 r12, r6, r4\n\t"
+        "sel r4, r12, r4\n\t"
+        "ssub8 r12, r6, r5\n\t"
+        "sel r5, r12, r5\n\t"
+        "usub8 r12, r4, r5\n\t"
+        "sel r0, r4, r5\n\t"
         "pop {r4-r7}\n\t"
         "bx lr\n\t");
 #undef EXTREMES
@@ -458,27 +475,6 @@ __attribute__((naked)) static void scale_quad_run(const int8_t *g, int8_t *h, co
 #undef SCALE
 }
 
-static void scale_quad_max(const int8_t *g, int32_t n_pos, int32_t c, uint32_t g_max[4])
-{
-    uint32_t ext[2] = {0x80808080u, 0x7F7F7F7Fu};
-    if (n_pos & 1) {
-        ext[0] = ext[1] = tb_read32(g);
-        g += c;
-    }
-    if (n_pos >= 2) {
-        uint32_t pair[2];
-        scale_quad_extremes(g, g + (n_pos & ~1) * c, c, pair);
-        (void)__ssub8(pair[0], ext[0]);
-        ext[0] = __sel(pair[0], ext[0]);
-        (void)__ssub8(pair[1], ext[1]);
-        ext[1] = __sel(ext[1], pair[1]);
-    }
-    for (int32_t j = 0; j < 4; j++) {
-        const int32_t hi = (int8_t)(ext[0] >> 8 * j), lo = -(int8_t)(ext[1] >> 8 * j);
-        g_max[j] = (uint32_t)(hi > lo ? hi : lo);
-    }
-}
-
 static void scale_quad(const int8_t *g, int32_t n_pos, int32_t c, const int32_t m16[4],
                        const int32_t r[4], int8_t *h)
 {
@@ -499,10 +495,9 @@ int32_t tb_grad_scale_channels_s8(const int8_t *g, int32_t g_exp, int32_t n_pos,
     int32_t k = 0;
 #if TB_DSP
     for (; k + 4 <= c; k += 4) {
-        uint32_t g_max[4];
-        scale_quad_max(g + k, n_pos, c, g_max);
+        const uint32_t g_max = scale_quad_max(g + k, g + k + n_pos * c, c, (n_pos - 1) & 1);
         for (int32_t j = 0; j < 4; j++) {
-            const uint32_t prod = g_max[j] * (uint32_t)tb_mult16(mult[k + j]);
+            const uint32_t prod = (g_max >> 8 * j & 0xFFu) * (uint32_t)tb_mult16(mult[k + j]);
             if (prod && 32 - __builtin_clz(prod) + shift[k + j] > top)   /* bit length by CLZ */
                 top = 32 - __builtin_clz(prod) + shift[k + j];
         }
