@@ -428,6 +428,33 @@ def test_requantize_rule(seed):
     assert np.abs(out).max(initial=0) <= 127
 
 
+@pytest.mark.parametrize("bits", [7, 8, 9, 10, 20, 31, 32])
+def test_requantize_rule_at_every_size(bits):
+    """Largest magnitudes of every bit length around the DSP path's limits (shift 0-2, 24, and
+    INT32_MIN), ties, values that round to +-128, sizes around its blocks of eight and four; in
+    place and into a buffer at every alignment."""
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(97_000 + bits)
+    for n in [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1001]:
+        top = 1 << (bits - 1)
+        acc = rng.integers(-top, top, n, dtype=np.int64)
+        s = max(bits - 7, 1)
+        extremes = [-top, top - 1, (127 << s) + (1 << (s - 1)), -(127 << s) - (1 << (s - 1)),
+                    (3 << (s - 1)), -(3 << (s - 1)), (5 << (s - 1)) - 1, 0]
+        acc[:min(n, 8)] = np.array(extremes)[:min(n, 8)].clip(-top, top - 1)
+        rng.shuffle(acc)
+        acc = acc.astype(np.int32)
+        want, want_e = ref_requantize(acc, -4)
+        buf = acc.copy()
+        e = C.lib.tb_grad_requantize_s32_s8(C.ptr("int32_t", buf), n, -4, C.ptr("int8_t", buf.view(np.int8)))
+        assert e == want_e
+        np.testing.assert_array_equal(buf.view(np.int8)[:n], want)
+        for offset in range(4):
+            out = unaligned(np.zeros(n, np.int8), offset)
+            assert C.lib.tb_grad_requantize_s32_s8(C.ptr("int32_t", acc), n, -4, C.ptr("int8_t", out)) == want_e
+            np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_grad_add_exact(seed):
     rng = np.random.default_rng(91_000 + seed)
@@ -454,6 +481,35 @@ def test_grad_add_exact(seed):
         assert max(abs(u - v) for u, v in zip(ours, ref)) <= Fraction(2) ** max(e, want_e)
 
 
+@pytest.mark.parametrize("diff", [0, 1, 14, 15, 23])
+def test_grad_add_at_every_size(diff):
+    """Exponents 0-23 apart (the DSP path takes up to 14), sums whose largest magnitude calls for
+    shifts 0, 1 and more, ties, a zero addend, sizes around its four a loop; into either addend
+    and into a buffer at every alignment."""
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(99_000 + diff)
+    for n in [1, 3, 4, 5, 8, 9, 1001]:
+        for top in [3, 60, 127]:
+            a = rng.integers(-top, top + 1, n, dtype=np.int8)
+            b = rng.integers(-top, top + 1, n, dtype=np.int8)
+            a[:min(n, 4)] = np.array([top, -top, -128 if top == 127 else top, 1])[:min(n, 4)]
+            ea, eb = -9, -9 - diff
+            if top == 3 and n in (5, 9):
+                b[:] = 0
+            if top == 3 and n == 5:
+                a[:] = 0   # both zero: the exponent of the kernel's second addend (a below)
+            exact = [(int(u) << (ea - eb)) + int(v) for u, v in zip(a, b)]
+            if not b.any():
+                exact, eb = [int(u) for u in a], ea
+            want, want_e = ref_requantize(np.array(exact, dtype=object), min(ea, eb))
+            for k, dst in enumerate([a, b] + [unaligned(np.zeros(n, np.int8), o) for o in range(4)]):
+                x, y = a.copy(), b.copy()
+                out = (x, y)[k] if k < 2 else dst
+                e = C.lib.tb_grad_add_s8(C.ptr("int8_t", y), eb, C.ptr("int8_t", x), ea, n, C.ptr("int8_t", out))
+                assert e == want_e
+                np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_grad_scale_channels_exact(seed):
     """Exactly the bitlen rule applied to g * m16 * 2^shift (m16: the multiplier to 16 bits)."""
@@ -474,6 +530,51 @@ def test_grad_scale_channels_exact(seed):
     assert e == want_e
     real = g * 2.0 ** -9 * scales
     assert cosine(h * 2.0 ** e, real) > 0.999
+
+
+def ref_scale_channels(g, g_exp, mult, shift):
+    """tb_grad_scale_channels_s8's rule written out for any multiplier: each channel rounded at
+    2^r, r = clamp(top - 7 - shift, 0, 31), top the largest bitlen(max |g| * m16) + shift."""
+    m16 = [(int(m) % (1 << 32) + (1 << 15)) >> 16 for m in mult]
+    tops = [(int(np.abs(g[:, k].astype(np.int64)).max()) * m16[k]).bit_length() + int(shift[k])
+            for k in range(g.shape[1]) if np.abs(g[:, k].astype(np.int64)).max() * m16[k]]
+    if not tops:
+        return np.zeros_like(g), g_exp
+    top = max(tops)
+    h = [[ref_round_s8(int(g[p, k]) * m16[k], min(max(top - 7 - int(shift[k]), 0), 31))
+          for k in range(g.shape[1])] for p in range(g.shape[0])]
+    return np.array(h, np.int8), g_exp + top - 22
+
+
+# (n_pos, c, multipliers): channel counts around the DSP path's groups of four, odd position
+# counts, m16 = 2^15, zero and unnormalized multipliers (a group rounding at r < 2 takes the plain
+# path), scales 2^20 apart (r = 31 beside r = 8)
+SCALE_CASES = [
+    (1, 1, [1 << 30]), (3, 4, [(1 << 31) - 1] * 4), (16, 5, [1 << 30, 0, 1 << 30, 1 << 30, 1 << 30]),
+    (17, 8, [1 << 20] + [1 << 30] * 7), (64, 9, [(1 << 31) - (1 << 14)] * 9), (2, 12, [1 << 30] * 12),
+    (5, 4, [1 << 17] * 4), (5, 4, [1 << 16] * 4),   # one shift, |g| 128: m16 = 2 gives r = 2, m16 = 1 r = 1
+]
+
+
+@pytest.mark.parametrize("case", range(len(SCALE_CASES)))
+def test_grad_scale_channels_edges(case):
+    from tinybridge.kernels import _checks as C
+    n_pos, c, mult = SCALE_CASES[case]
+    rng = np.random.default_rng(98_000 + case)
+    mult = np.array(mult, np.int32)
+    small = mult.max() < 1 << 30
+    shift = np.full(c, -5, np.int32) if small else rng.integers(-12, -3, c).astype(np.int32)
+    if c >= 8:
+        shift[1] = -25   # its products round at 2^31: to 0 or +-1 beside the others
+    for offset in range(4):
+        g = rng.integers(-128, 128, (n_pos, c), dtype=np.int8)
+        g[0, :] = [-128 if small or k % 2 == 0 else 127 for k in range(c)]
+        want, want_e = ref_scale_channels(g, -9, mult, shift)
+        g = unaligned(g, offset)   # and in place (h = g)
+        e = C.lib.tb_grad_scale_channels_s8(C.ptr("int8_t", g), -9, n_pos, c, C.ptr("int32_t", mult),
+                                            C.ptr("int32_t", shift), C.ptr("int8_t", g))
+        assert e == want_e
+        np.testing.assert_array_equal(g, want)
 
 
 def test_in_place_requantize_and_add():
@@ -500,6 +601,63 @@ def test_masks():
     assert mask.tolist() == [0b00001110, 0b1]
     g = np.arange(1, 10, dtype=np.int8)
     assert K.apply_mask(g, mask).tolist() == [0, 2, 3, 4, 0, 0, 0, 0, 9]
+
+
+def unaligned(values, offset):
+    """values copied to `offset` bytes past an 8-byte aligned address (the DSP paths load words)."""
+    raw = np.zeros(values.nbytes + 16, np.uint8)
+    start = (-raw.ctypes.data) % 8 + offset
+    out = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
+    return out
+
+
+# (act_min, act_max): full int8, ReLU6 and ReLU like, the narrowest ranges that pass anything
+# (act_max - act_min = 2) at both ends, and ranges that pass nothing
+MASK_RANGES = [(-128, 127), (-128, 6), (0, 127), (-100, 100), (-128, -126), (125, 127), (-5, -3),
+               (10, 11), (7, 7)]
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 1003])
+def test_clamp_mask_matches_definition(n):
+    rng = np.random.default_rng(94_000 + n)
+    for i, (lo, hi) in enumerate(MASK_RANGES):
+        y = unaligned(rng.integers(-128, 128, n, dtype=np.int8), i % 4)
+        y[:min(n, 8)] = np.array([lo, hi, lo + 1, hi - 1, -128, 127, 0, lo], np.int8)[:min(n, 8)]
+        want = np.packbits((y > lo) & (y < hi), bitorder="little")
+        np.testing.assert_array_equal(K.clamp_mask(y, lo, hi), want, err_msg=str((lo, hi)))
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 1003])
+def test_apply_mask_matches_definition(n):
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(95_000 + n)
+    mask = rng.integers(0, 256, (n + 7) // 8, dtype=np.uint8)
+    mask[0] = 0b10110001
+    keep = np.unpackbits(mask, bitorder="little")[:n].astype(bool)
+    for offset in range(4):   # in place at every alignment (the binding would copy g)
+        g = unaligned(rng.integers(-127, 128, n, dtype=np.int8), offset)
+        want = np.where(keep, g, 0)
+        C.lib.tb_grad_apply_mask_s8(C.ptr("int8_t", g), C.ptr("uint8_t", mask), n)
+        np.testing.assert_array_equal(g, want)
+    acc = rng.integers(-(1 << 31), (1 << 31) - 1, n, dtype=np.int64).astype(np.int32)
+    np.testing.assert_array_equal(K.apply_mask(acc, mask), np.where(keep, acc, 0))
+
+
+@pytest.mark.parametrize("n_pos,c", [(1, 1), (1, 8), (2, 3), (127, 4), (128, 5), (129, 8), (300, 7),
+                                     (257, 12), (64, 96)])
+def test_bias_grad_sums_exactly(n_pos, c):
+    """Sizes around the DSP path's groups of four channels and 128-position blocks, extreme values
+    and every alignment."""
+    from tinybridge.kernels import _checks as C
+    rng = np.random.default_rng(96_000 + n_pos * c)
+    for offset in range(4):
+        g = rng.integers(-128, 128, (n_pos, c), dtype=np.int8)
+        g[:, 0] = -128 if offset % 2 else 127
+        g = unaligned(g, offset)
+        grad_b = np.empty(c, np.int32)
+        C.lib.tb_bias_grad_s8(C.ptr("int8_t", g), n_pos, c, C.ptr("int32_t", grad_b))
+        np.testing.assert_array_equal(grad_b, g.astype(np.int64).sum(axis=0))
 
 
 def test_avgpool_rounding_exact():

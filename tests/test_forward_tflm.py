@@ -211,18 +211,52 @@ def test_avgpool_global_bitexact(seed):
                                   tflm.avgpool_global(x, x_q, act))
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_add_bitexact(seed):
-    rng = np.random.default_rng(500 + seed)
-    shape = tuple(int(v) for v in rng.integers(1, 12, 3))
-    act = ACTS[seed % 3]
-    a_q, b_q, y_q = rand_quant(rng), rand_quant(rng), rand_quant(rng)
+def check_add(rng, shape, a_q, b_q, y_q, act):
+    """One add against TFLite Micro; returns the three shifts of its parameters."""
     a = rng.integers(-128, 128, shape, dtype=np.int8)
     b = rng.integers(-128, 128, shape, dtype=np.int8)
     (ma, sa), (mb, sb), (my, sy) = quant.add_multipliers(a_q[0], b_q[0], y_q[0])
     lo, hi = quant.activation_range(act, *y_q)
     params = kernels.add_params(-a_q[1], ma, sa, -b_q[1], mb, sb, 20, y_q[1], my, sy, lo, hi)
     np.testing.assert_array_equal(kernels.add(a, b, params), tflm.add(a, b, a_q, b_q, y_q, act))
+    return sa, sb, sy
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_add_bitexact(seed):
+    rng = np.random.default_rng(500 + seed)
+    shape = tuple(int(v) for v in rng.integers(1, 12, 3))
+    check_add(rng, shape, rand_quant(rng), rand_quant(rng), rand_quant(rng), ACTS[seed % 3])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 4099])
+def test_add_bitexact_sizes(n):
+    """Sizes around the DSP path's four outputs a loop (and the tail after them)."""
+    rng = np.random.default_rng(520 + n)
+    check_add(rng, (1, 1, n), rand_quant(rng), rand_quant(rng), rand_quant(rng), None)
+
+
+# (a, b, y quantization, activation, the shifts TFLite's ADD gets): the DSP path's edges
+# (docs/kernels.md, "Residual add") and the parameters just past them (plain path)
+ADD_EDGES = {
+    "equal scales, every zero point -128": ((0.1, -128), (0.1, -128), (0.2, -128), None, (0, 0, -19)),
+    "every zero point 127": ((0.1, 127), (0.05, 127), (0.1, 127), "relu", (0, -1, -18)),
+    "second input the larger": ((0.01, 5), (0.2, -9), (0.3, 3), None, (-5, 0, -19)),
+    "other multiplier just below 1/2": ((0.1, 3), (0.1 * (1 - 2 ** -20), -3), (0.1, 0), None, (0, -1, -18)),
+    "other shift -30": ((0.2, 0), (0.2 * 2 ** -29.5, 4), (0.2, 0), None, (0, -30, -18)),
+    "other shift -31 (plain)": ((0.2, 0), (0.2 * 2 ** -30.5, 4), (0.2, 0), None, (0, -31, -18)),
+    "output shift -23": ((0.01, 7), (0.2, -7), (4.8, 0), None, (-5, 0, -23)),
+    "output shift -24 (plain)": ((0.01, 7), (0.2, -7), (9.6, 0), None, (-5, 0, -24)),
+    "output shift -1": ((0.2, 0), (0.01, 0), (0.4 / (2 ** 20 * 0.35), 0), "relu6", (0, -5, -1)),
+    "output shift 0 (plain)": ((0.2, 0), (0.01, 0), (0.4 / (2 ** 20 * 0.6), 0), None, (0, -5, 0)),
+}
+
+
+@pytest.mark.parametrize("case", list(ADD_EDGES))
+def test_add_bitexact_edges(case):
+    a_q, b_q, y_q, act, shifts = ADD_EDGES[case]
+    rng = np.random.default_rng(540 + list(ADD_EDGES).index(case))
+    assert check_add(rng, (3, 5, 7), a_q, b_q, y_q, act) == shifts
 
 
 def test_bad_arguments_are_value_errors():
@@ -238,3 +272,57 @@ def test_bad_arguments_are_value_errors():
                        input_offset=0, output_offset=0)
     with pytest.raises(ValueError, match="act_max"):
         kernels.pointwise_conv(x, w, None, m, s, input_offset=0, output_offset=0, act_min=10, act_max=5)
+
+
+def tflite_requantize(x, mult, shift):
+    """TFLite's MultiplyByQuantizedMultiplier written out on int64 arrays (the oracle for
+    parameters that TFLite's Prepare never makes)."""
+    x = x * (1 << max(shift, 0))
+    ab = x * mult
+    num = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.sign(num) * (np.abs(num) // (1 << 31))   # truncating division, as gemmlowp
+    right = max(-shift, 0)
+    mask = (1 << right) - 1
+    return (high >> right) + ((high & mask) > (mask >> 1) + (high < 0))
+
+
+# (input1 offset, mult, shift, input2 offset, mult, shift, left_shift, output offset, mult, shift):
+# the DSP path's other edges, and parameters past them (plain path)
+ADD_HAND_MADE = {
+    "other shift 0, multiplier below 2^30": (5, 1 << 30, 0, -7, 777777777, 0, 20, 3, 1234567890, -19),
+    "other shift 0, multiplier 2^30 + 1 (plain)": (5, 1 << 30, 0, -7, (1 << 30) + 1, 0, 20, 3, 1234567890, -19),
+    "other multiplier 0": (128, 0, -3, -128, 1 << 30, 0, 20, -128, 1500000000, -20),
+    "output multiplier 0": (1, 1 << 30, 0, 2, 1 << 29, -2, 20, 100, 0, -5),
+    "no input at 1/2 (plain)": (9, 1 << 30, -1, 9, (1 << 30) + 1, 0, 20, 0, 1 << 30, -18),
+    "left shift 19 (plain)": (9, 1 << 30, 0, 9, 1 << 30, -1, 19, 0, 1 << 30, -17),
+    "offset 129 (plain)": (129, 1 << 30, 0, 0, 1 << 30, -1, 20, 0, 1 << 30, -18),
+    "output offset 129 (plain)": (0, 1 << 30, 0, 0, 1 << 30, -1, 20, 129, 1 << 30, -18),
+    "negative output multiplier (plain)": (0, 1 << 30, 0, 0, 1 << 30, -1, 20, 0, -(1 << 30), -18),
+}
+
+
+@pytest.mark.parametrize("case", list(ADD_HAND_MADE))
+def test_add_hand_made_parameters_match_tflite_arithmetic(case):
+    p = ADD_HAND_MADE[case]
+    rng = np.random.default_rng(560 + list(ADD_HAND_MADE).index(case))
+    a = rng.integers(-128, 128, 1031, dtype=np.int8)
+    b = rng.integers(-128, 128, 1031, dtype=np.int8)
+    ra = tflite_requantize((a.astype(np.int64) + p[0]) << p[6], p[1], p[2])
+    rb = tflite_requantize((b.astype(np.int64) + p[3]) << p[6], p[4], p[5])
+    want = np.clip(tflite_requantize(ra + rb, p[8], p[9]) + p[7], -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(kernels.add(a, b, kernels.add_params(*p)), want)
+
+
+@pytest.mark.parametrize("mult,shift", [(3 << 10, 0), (3 << 11, -1), (5 << 12, -2)])
+def test_add_other_term_ties(mult, shift):
+    """The smaller input's term v * mult * 2^(shift - 11) lies at a rounding tie for every odd v;
+    with the larger input's term at 0 and an output of a quarter of the sum, each tie decides an
+    output (random data would reach one in ~2^19)."""
+    a = np.repeat(np.array([-1, 0, 1], np.int8), 256)
+    b = np.tile(np.arange(-128, 128).astype(np.int8), 3)
+    p = (0, 1 << 30, 0, 0, mult, shift, 20, 0, 1 << 30, -1)
+    ra = tflite_requantize(a.astype(np.int64) << 20, p[1], p[2])
+    rb = tflite_requantize(b.astype(np.int64) << 20, mult, shift)
+    assert np.all(np.abs(rb[256:512]) < 512)
+    want = np.clip(tflite_requantize(ra + rb, p[8], p[9]), -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(kernels.add(a, b, kernels.add_params(*p)), want)

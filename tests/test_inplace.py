@@ -80,9 +80,11 @@ def test_without_the_shift_an_expansion_overwrites_what_it_reads():
     assert not np.array_equal(got, whole)
 
 
-def test_add_writes_over_either_input():
-    a = rng.integers(-128, 128, 4096, dtype=np.int8)
-    b = rng.integers(-128, 128, 4096, dtype=np.int8)
+@pytest.mark.parametrize("n", [4096, 4099])
+def test_add_writes_over_either_input(n):
+    """b is the input at 1/2 (the DSP path's "l"), a the other: each written over in turn."""
+    a = rng.integers(-128, 128, n, dtype=np.int8)
+    b = rng.integers(-128, 128, n, dtype=np.int8)
     p = kernels.add_params(3, 1 << 30, -1, -5, 1 << 30, 0, 20, 2, 1 << 30, -19, -100, 120)
     want = kernels.add(a, b, p)
     for k in range(2):

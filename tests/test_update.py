@@ -231,6 +231,20 @@ def test_bias_saturates_at_the_trained_limit():
     assert b3.tolist() == [lim, -lim, lim, -lim, lim, 5]
 
 
+def test_bias_steps_beyond_int32_are_exact():
+    """Integral steps between 2^31 and 2^33 (multiples of 2^8 in float32) subtract exactly: from
+    INT32_MAX a step of 2^31 + 2^9 lands at -513, inside the trained range."""
+    lim = K.TRAINED_BIAS_LIMIT
+    b = np.array([INT32_MAX, INT32_MIN, INT32_MAX, INT32_MIN, 0, INT32_MAX], np.int32)
+    # grad_scale 4: every step exact in float32 (INT32_MAX is 2^31 in float32: a step of 2^33)
+    steps = [2 ** 31 + 2 ** 9, -(2 ** 31) - 2 ** 9, 2 ** 32 - 2 ** 8, -(2 ** 32) + 2 ** 8, 2 ** 31, 2 ** 33]
+    grad_b = np.array([s // 4 for s in steps[:5]] + [INT32_MAX], np.int32)
+    b2, _, _ = K.sgd_update_bias(b, grad_b, grad_scale=4.0, param_scale=np.ones(6, F32), lr=1.0, rng=5)
+    want = np.clip(b.astype(np.int64) - np.array(steps), -lim, lim)
+    assert want.tolist() == [-513, 512, -lim, lim, -lim, -lim]
+    np.testing.assert_array_equal(b2, want)
+
+
 # ---------------- sub-LSB updates accumulate ----------------
 
 def test_sub_lsb_updates_accumulate():

@@ -153,8 +153,6 @@ def _global_symbols(src, includes, obj_dir):
     return [ln.split()[-1] for ln in nm.splitlines() if ln.strip()]
 
 
-OPTIMIZED = ("pointwise_conv_s8.c", "depthwise_conv2d_s8.c", "conv2d_s8.c", "fully_connected_s8.c")
-FORWARD_OPTIMIZED = ("conv2d", "depthwise", "pointwise", "fully_connected")
 TARGETS = {"pointwise": 1.0, "depthwise": 0.5}   # MAC/instruction over the network
 # backward kernels: within 2x of their forward counterpart (at least half its MAC/instruction)
 BACKWARD = (("pointwise_weight_grad", "pointwise"), ("pointwise_input_grad", "pointwise"),
@@ -176,9 +174,10 @@ def network_ratio(rows, kernel):
     return ops / ins if ins else None
 
 
-def kernel_tree(build_dir, before=None, files=OPTIMIZED):
-    """The kernel sources and include dirs to build: the working tree's, or with `files` as they
-    were at git revision `before` (the rest, headers included, from the working tree)."""
+def kernel_tree(build_dir, before=None):
+    """The kernel sources and include dirs to build: the working tree's, or the sources and internal
+    headers as they were at git revision `before` (the public headers from the working tree: the
+    revision must have today's kernel prototypes)."""
     sources, includes = armbuild.kernel_sources()
     if not before:
         return sources, includes
@@ -187,17 +186,13 @@ def kernel_tree(build_dir, before=None, files=OPTIMIZED):
     out = []
     for src in sources:
         name = os.path.basename(src)
-        text = None
-        if name in files:
-            rel = os.path.relpath(src, ROOT)
-            r = subprocess.run(["git", "-C", ROOT, "show", "%s:%s" % (before, rel)],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise SystemExit("git show %s:%s failed: %s" % (before, rel, r.stderr.strip()))
-            text = r.stdout
-        if text is None:
+        rel = os.path.relpath(src, ROOT)
+        r = subprocess.run(["git", "-C", ROOT, "show", "%s:%s" % (before, rel)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:   # a source the revision did not have
             out.append(src)
             continue
+        text = r.stdout
         dst = os.path.join(src_dir, name)
         _write_if_changed(dst, text)
         out.append(dst)
@@ -403,8 +398,7 @@ def main(argv=None):
     ap.add_argument("--docs", action="store_true", help="rewrite the section in docs/benchmarks.md")
     ap.add_argument("--json", help="also write the raw rows here")
     ap.add_argument("--before", metavar="REV",
-                    help="also run the optimized kernels' sources as of git revision REV (%s) and "
-                         "add their figures" % ", ".join(OPTIMIZED))
+                    help="also run the kernel sources as of git revision REV and add their figures")
     args = ap.parse_args(argv)
 
     layers = model_layers(args.model, args.classes)
@@ -413,9 +407,7 @@ def main(argv=None):
     overhead, rows = bench(shapes, args.kernels, BUILD)
     before = None
     if args.before:
-        wanted = [k for k in FORWARD_OPTIMIZED if args.kernels == "all" or k in args.kernels.split(",")]
-        if wanted:
-            _, before = bench(shapes, ",".join(wanted), BUILD + "_before", args.before)
+        _, before = bench(shapes, args.kernels, BUILD + "_before", args.before)
     elapsed = time.time() - t0
 
     agg, detail = report(rows, before, args.before)
@@ -443,8 +435,9 @@ def main(argv=None):
         " accumulator's spread, full [-128, 127] output range (the model's ReLU6 spans it)."
         " Instructions: QEMU mps2-an500 with `-icount shift=0,sleep=off` (one CMSDK timer tick = 40"
         " instructions), every call repeated to at least 2 M instructions, minus the empty-call"
-        " overhead (%.1f instructions). Columns: *at REV* is the kernel source of that git revision"
-        " (before the DSP paths); *plain C* is today's source built for the Cortex-M7 without"
+        " overhead (%.1f instructions). Columns: *at REV* is the kernel sources of that git revision"
+        " on the same bench (the kernels as they were); *plain C* is today's source built for the"
+        " Cortex-M7 without"
         " `__ARM_FEATURE_DSP` (the reference path); *target* is today's source as the device builds it"
         " (DSP path where the kernel has one, equal to plain C otherwise). Every *target* figure is for"
         " outputs byte-identical to the plain-C reference's on the same inputs, checked in the bench"

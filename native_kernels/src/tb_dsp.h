@@ -36,12 +36,18 @@
 
 #define TB_INLINE static inline __attribute__((always_inline))
 
-/* 4 bytes from any address (the M7 allows unaligned LDR; memcpy keeps C aliasing rules). */
+/* 4 bytes from or to any address (the M7 allows unaligned LDR and STR; memcpy keeps C aliasing
+ * rules). */
 TB_INLINE uint32_t tb_read32(const void *p)
 {
     uint32_t v;
     memcpy(&v, p, 4);
     return v;
+}
+
+TB_INLINE void tb_write32(void *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
 }
 
 /* SXTB16 / SXTAB16 of the odd bytes: GCC 12 does not fold a rotate into them, so spell it. */
@@ -64,6 +70,29 @@ TB_INLINE int32_t tb_smmlar(int32_t a, int32_t b, int32_t c)
 {
     int32_t r;
     __asm("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+/* (a * b + 2^31) >> 32: SMMULR (no ACLE intrinsic). */
+TB_INLINE int32_t tb_smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+/* Bottom and top signed halfword products (SMULBB, SMULTT: GCC 12's ACLE lacks them). */
+TB_INLINE int32_t tb_smulbb(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm("smulbb %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+TB_INLINE int32_t tb_smultt(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm("smultt %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 
