@@ -159,7 +159,7 @@ typedef struct {
 
 const tb_gemm_routines *tb_gemm_routines_for(int32_t rounding);
 
-/* y[i] = clamp(y[i], lo, hi) over n bytes, 4 at a time (after the saturating core). */
+/* y[i] = clamp(y[i], lo, hi) over n bytes (after the saturating core). */
 void tb_dsp_clamp_s8(int8_t *y, int32_t n, int32_t lo, int32_t hi);
 #endif
 
