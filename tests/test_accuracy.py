@@ -1,6 +1,10 @@
 """The accuracy benchmark's parts (bench/accuracy/run.py, docs/benchmarks.md "Accuracy"): the host
 simulation without QAS steps each int8 parameter by its own gradient while QAS stays the default
-and the device's; the float twin is the int8 network in float and trains what the graph trains."""
+and the device's; the float twin is the int8 network in float and trains what the graph trains;
+a reduced run of the benchmark learns."""
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +15,15 @@ from tinybridge import compiler, datasets, graph, kernels, simulate
 from tinybridge.float_twin import FloatTwin
 from tinybridge.model import Model
 
+BENCH = os.path.join(os.path.dirname(__file__), "..", "bench", "accuracy", "run.py")
 SHAPE = (128, 128, 3)
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +184,23 @@ def test_float_twin_trains_what_the_graph_trains(lfw):
         elif op.train_weights:
             trained[:, op.channels] = True
         assert not w_moved[~trained].any() and w_moved[trained].any() == op.train_weights, op.name
+
+
+# ---------------- the benchmark ----------------
+
+def test_reduced_benchmark_run_learns(capsys):
+    """bench/accuracy/run.py on a few LFW images, QAS and float, one learning rate: both print a
+    row, and QAS training lifts test accuracy above the untrained head's (which says "not face"
+    to every image: 50 %)."""
+    bench = load_bench()
+    split = bench.load_task("lfw", 15, 10)
+    assert len(split.train_labels) == 30 and len(split.val_labels) == 20
+    untrained = bench.Int8Trainer(compiler.compile("mcunet-5fps", num_classes=2, update="49kb"), True, 0)
+    assert bench.evaluate(untrained, split.val_images, split.val_labels)[0] == 0.5
+    results = bench.main(["--tasks", "lfw", "--methods", "int8 + QAS,float", "--seeds", "1", "--epochs", "1",
+                          "--lrs", "0.01", "--train-per-class", "15", "--test-per-class", "10"])
+    table = capsys.readouterr().out
+    assert "| lfw | mcunet-5fps | 49kb |" in table
+    qas = results["lfw", "mcunet-5fps", "49kb", "int8 + QAS"]
+    assert qas["lr"] == (0.01, 0.01) and len(qas["accuracy"]) == 1
+    assert qas["accuracy"][0] >= 0.75
