@@ -196,7 +196,7 @@ def test_reduced_benchmark_run_learns(capsys):
     split = bench.load_task("lfw", 15, 10)
     assert len(split.train_labels) == 30 and len(split.val_labels) == 20
     untrained = bench.Int8Trainer(compiler.compile("mcunet-5fps", num_classes=2, update="49kb"), True, 0)
-    assert bench.evaluate(untrained, split.val_images, split.val_labels)[0] == 0.5
+    assert bench.evaluate(untrained, split.val_images, split.val_labels) == 0.5
     results = bench.main(["--tasks", "lfw", "--methods", "int8 + QAS,float", "--seeds", "1", "--epochs", "1",
                           "--lrs", "0.01", "--train-per-class", "15", "--test-per-class", "10"])
     table = capsys.readouterr().out
