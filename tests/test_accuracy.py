@@ -171,7 +171,13 @@ def test_float_twin_trains_what_the_graph_trains(lfw):
         assert key.endswith("classifier") or torch.equal(p.detach(), before[key]), key
 
     twin.sgd_step(twin.inputs([x1]), [int(y1)], lr)
-    for op in g.ops:
+    assert_moved_what_trains(twin, before)
+
+
+def assert_moved_what_trains(twin, before):
+    """Since `before`, the twin's biases moved exactly where their op trains its bias, its weights
+    on some and only the trained channels of the ops training weights."""
+    for op in twin.graph.ops:
         if op.kind not in graph.WEIGHTED:
             continue
         key = op.name.replace(".", "_")
@@ -184,6 +190,23 @@ def test_float_twin_trains_what_the_graph_trains(lfw):
         elif op.train_weights:
             trained[:, op.channels] = True
         assert not w_moved[~trained].any() and w_moved[trained].any() == op.train_weights, op.name
+
+
+def test_float_twin_trains_weights_and_biases_apart():
+    """A graph training some weights without their bias, some biases without weights, channels of
+    a conv and of a depthwise: the twin moves exactly those."""
+    images, labels = tiny_model.faces()
+    g = graph.tiny_cnn(images[:32], 2, seed=0)
+    g.train("fc", bias=True, weights=True)
+    g.train("pw", bias=False, weights=True, channels=0.5)
+    g.train("dw", bias=True, weights=True, channels=[1, 4, 5])
+    g.train("conv2", bias=False, weights=True, channels=[0, 3])
+    g.train("conv1", bias=True)
+    twin = FloatTwin(g)
+    before = {k: p.detach().clone() for k, p in twin.named_parameters()}
+    for x, y in zip(images[:4], labels[:4]):
+        twin.sgd_step(twin.inputs([Model(g).input_tensor(x)]), [int(y)], 0.05)
+    assert_moved_what_trains(twin, before)
 
 
 # ---------------- the benchmark ----------------

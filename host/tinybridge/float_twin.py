@@ -3,7 +3,7 @@ fine-tuning baseline of bench/accuracy (docs/benchmarks.md, "Accuracy").
 
     twin = FloatTwin(model.graph)
     loss = twin.sgd_step(twin.inputs([model.input_tensor(img)]), [label], lr)
-    labels = twin.predict(twin.inputs(tensors))
+    logits = twin(twin.inputs(tensors))          # (N, classes)
 
 Every weighted op gets its dequantized parameters (weights w · s_W[c], biases b · s_x · s_W[c]),
 so a new head starts as the int8 one does (zero weights and biases). The outputs are float: no
@@ -46,7 +46,7 @@ class FloatTwin(torch.nn.Module):
             s_w = op.weight_scales.astype(np.float64)
             self.weights[key] = torch.nn.Parameter(_torch_weights(op, s_w), requires_grad=op.train_weights)
             self.biases[key] = torch.nn.Parameter(torch.from_numpy(
-                (op.bias * np.float64(x.scale) * s_w).astype(np.float32)), requires_grad=op.trains)
+                (op.bias * np.float64(x.scale) * s_w).astype(np.float32)), requires_grad=op.train_bias)
             if op.train_weights:
                 self._masks[op.name] = _channel_mask(op, self.weights[key].shape)
             if op.kind in ("conv2d", "depthwise"):
@@ -106,13 +106,8 @@ class FloatTwin(torch.nn.Module):
                 key = _key(op.name)
                 if op.train_weights:
                     yield self.weights[key], self._masks[op.name]
-                if op.trains:
+                if op.train_bias:
                     yield self.biases[key], None
-
-    def predict(self, x, batch=64):
-        """Predicted labels (N,) of the float inputs x (N, C, H, W)."""
-        with torch.no_grad():
-            return np.concatenate([self(x[i:i + batch]).argmax(1).numpy() for i in range(0, len(x), batch)])
 
 
 def _key(name):
