@@ -26,10 +26,16 @@ Inference = namedtuple("Inference", "label logits scale zero_point")
 
 class Simulator:
     """Runs `model` (tinybridge.Model) from its initial parameters, as a device does after loading
-    its blob."""
+    its blob.
 
-    def __init__(self, model):
+    qas=False is a host-side experiment (devices always run QAS): the paper's baseline without
+    Quantization-Aware Scaling, stepping each int8 parameter by its own gradient,
+    W̄ -= lr · G · s (s = s_W for weights, s_x · s_W for biases; G the gradient of the dequantized
+    parameter) instead of QAS's lr · G / s (docs/compiler.md, "Training schemes")."""
+
+    def __init__(self, model, qas=True):
         self.model = model
+        self.qas = qas
         g = self.graph = model.graph
         g.validate()
         self._needs = g.needs_output_grad()
@@ -141,6 +147,11 @@ class Simulator:
     def _update_args(self, lr, velocity):
         return dict(lr=lr, rng=self.rng, momentum=np.float32(self.graph.momentum), velocity=velocity)
 
+    def _param_scale(self, scale):
+        """What the update kernels divide lr · G by: the parameter's scale (QAS), or its reciprocal
+        (without QAS, so that the kernels step lr · G · scale)."""
+        return scale if self.qas else np.float32(1) / np.asarray(scale, np.float32)
+
     def _backward_op(self, i, values, masks, grads, lr):
         g = self.graph
         op = g.ops[i]
@@ -160,7 +171,8 @@ class Simulator:
             gb = kernels.bias_grad(gy)
             self.bias[op.name], v, self.rng = kernels.sgd_update_bias(
                 self.bias[op.name], gb, grad_scale=np.ldexp(np.float32(1), e),
-                param_scale=g.bias_scales(op), **self._update_args(lr, self.bias_velocity.get(op.name)))
+                param_scale=self._param_scale(g.bias_scales(op)),
+                **self._update_args(lr, self.bias_velocity.get(op.name)))
             if v is not None:
                 self.bias_velocity[op.name] = v
         if g.grad_to_input(op, 0, self._needs):
@@ -191,7 +203,7 @@ class Simulator:
         x = g.tensors[op.inputs[0]]
         grad_scale = np.ldexp(np.float32(x.scale), e)
         velocity = self.weight_velocity.get(op.name)
-        common = dict(grad_scale=grad_scale, param_scale=op.weight_scales)
+        common = dict(grad_scale=grad_scale, param_scale=self._param_scale(op.weight_scales))
         if op.kind == "depthwise":
             gw = kernels.depthwise_weight_grad(xv, gy, kernel=op.kernel, stride=op.stride, padding=op.padding,
                                                input_offset=-x.zero_point, sel=op.channels)
