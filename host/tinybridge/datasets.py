@@ -21,7 +21,7 @@ import numpy as np
 
 from . import preprocess
 from .errors import TinyBridgeError
-from .progress import progress_bar
+from .progress import ProgressBar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPEC_FORMS = ("lfw", "fashion-mnist[:CLASSES]", "folder:PATH", "vww:ANNOTATIONS.json:IMAGES_DIR[:THRESHOLD]",
@@ -139,7 +139,7 @@ def load_image(path, shape):
 def load_images(paths, shape):
     """Image files as one uint8 array (N, H, W, C) of `shape`, with a progress bar."""
     images = np.empty((len(paths),) + tuple(shape), np.uint8)
-    bar = progress_bar(len(paths), "load images", unit="img")
+    bar = ProgressBar(len(paths), "load images", unit="img")
     for i, path in enumerate(paths):
         images[i] = load_image(path, shape)
         bar.update_to(i + 1)

@@ -9,7 +9,7 @@ import numpy as np
 from .errors import DeviceError, DeviceResetError, ProtocolError, TimeoutError, TinyBridgeError
 from . import preprocess
 from .metrics import classification_metrics
-from .progress import progress_bar
+from .progress import ProgressBar
 from .protocol import Client, Command, Slot, u32
 from .transport import DEFAULT_BAUD, open_transport
 
@@ -135,7 +135,7 @@ class Device:
         """Uploads a model blob (bytes, a file path, or a compiled Model), commits it and returns
         its ModelInfo. Resumes an interrupted upload of the same blob."""
         blob = _blob_bytes(model_or_path)
-        bar = progress_bar(len(blob), "upload") if progress else None
+        bar = ProgressBar(len(blob), "upload") if progress else None
         try:
             self.client.upload(Slot.MODEL, blob, progress=bar.update_to if bar else None)
             payload = self.client.request(Command.XFER_COMMIT, bytes([Slot.MODEL]), timeout=SLOW_TIMEOUT)

@@ -30,7 +30,7 @@ import numpy as np
 from . import datasets, plots
 from .errors import TinyBridgeError
 from .metrics import classification_metrics
-from .progress import progress_bar
+from .progress import ProgressBar
 
 KINDS = ("steps", "samples", "threshold", "order", "lr", "scheme")
 ORDERS = ("shuffled", "interleaved", "blocked")
@@ -99,7 +99,7 @@ def evaluate(dev, images, labels, desc="evaluate", progress=True):
     f1, average, confusion, per_class), loss (mean cross-entropy of the logits), predicted_shares
     (the share of images predicted as each class) and positive_share (of class 1; two classes only)."""
     num_classes = dev.model.num_classes
-    bar = progress_bar(len(images), desc, unit="img") if progress else None
+    bar = ProgressBar(len(images), desc, unit="img") if progress else None
     predictions, losses = [], []
     for i, (img, label) in enumerate(zip(images, labels), 1):
         p = dev.infer(img)
@@ -150,7 +150,7 @@ def train(dev, images, labels, sequence, lr=None, desc="train", checkpoint=None,
     step the image (its index in `images`), its label, the label predicted before the update, the loss."""
     last = len(sequence)
     trace = {"image": [], "label": [], "predicted": [], "loss": []}
-    bar = progress_bar(last, desc, unit="img")
+    bar = ProgressBar(last, desc, unit="img")
     for k, i in enumerate(sequence, 1):
         result = dev.train_step(images[i], int(labels[i]), lr=lr)
         trace["image"].append(int(i))
@@ -164,7 +164,7 @@ def train(dev, images, labels, sequence, lr=None, desc="train", checkpoint=None,
             bar.close()
             checkpoint(k, trace)
             if k != last:
-                bar = progress_bar(last, desc, unit="img", initial=k)
+                bar = ProgressBar(last, desc, unit="img", initial=k)
     if not (checkpoint and last in at):
         bar.close()
     return trace
