@@ -256,3 +256,13 @@ def test_cli_compile_reports_the_plan(tmp_path):
     p = subprocess.run([sys.executable, "-m", "tinybridge.cli", "compile", "mcunet-5fps", "--update", "1kb"],
                        capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr.startswith("tinybridge: error: unknown update '1kb'")
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path):
+    # `tinybridge compile ... --report | head -1`: the reader leaves after one line
+    command = [sys.executable, "-m", "tinybridge.cli", "compile", "mcunet-5fps", "--num-classes", "2",
+               "--update", "49kb", "--out", str(tmp_path / "m.tbm"), "--report"]
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().split()[:2] == [b"step", b"pass"]
+    p.stdout.close()
+    assert p.wait() == 0 and p.stderr.read() == b""

@@ -23,6 +23,7 @@ pyserial URL. With the sim, --flash FILE keeps its flash between commands. DATA 
 coco-person:ANNOTATIONS.json:IMAGES_DIR. Errors are one line on stderr, exit status 1.
 """
 import argparse
+import os
 import subprocess
 import sys
 import zlib
@@ -339,6 +340,10 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         args.run(args)
+    except BrokenPipeError:
+        # the reader went away (`tinybridge ... | head`): not an error, and nothing more to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (TinyBridgeError, ValueError, OSError) as e:
         print("tinybridge: error: %s" % e, file=sys.stderr)
         return 1
