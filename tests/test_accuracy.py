@@ -17,6 +17,7 @@ from tinybridge.model import Model
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "bench", "accuracy", "run.py")
 SHAPE = (128, 128, 3)
+REPLAY_ON_TARGET = False  # tests/test_target_qemu.py: whole training runs, their kernels are tested apart
 
 
 def load_bench():
