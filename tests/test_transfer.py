@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tinybridge as tb
+from tinybridge.model import Model
 from tinybridge.protocol import Command, Slot, u32
 from tinybridge.transport import Transport
 
@@ -220,15 +221,43 @@ def test_params_transfer_restores_a_checkpoint(dev):
     assert dev.save() == 1
     train(dev, 3, start=3)
     assert dev.read_params() != snapshot
-    dev.client.upload(Slot.PARAMS, snapshot)
-    assert u32(dev.client.request(Command.XFER_COMMIT, bytes([Slot.PARAMS]))) == 2  # persisted too
-    assert dev.read_params() == snapshot and dev.info()["step"] == 3
+    assert dev.write_params(snapshot) == 2  # persisted too
+    assert dev.read_params() == snapshot and dev.info()["step"] == dev.model.step == 3
     dev.reset()
     assert dev.read_params() == snapshot
+    with pytest.raises(ValueError, match="params of %d bytes, the loaded model's params region has %d"
+                       % (len(snapshot) + 1, len(snapshot))):
+        dev.write_params(snapshot + b"\x00")
     with pytest.raises(tb.DeviceError, match="BAD_ARGUMENT"):
         dev.client.upload(Slot.PARAMS, snapshot + b"\x00")
     with pytest.raises(tb.DeviceError, match="BAD_ARGUMENT"):
         dev.client.request(Command.XFER_READ, struct.pack("<BIH", Slot.INPUT, 0, 1))
+
+
+def test_a_loaded_model_holds_its_params_region(dev):
+    """Model.params_region() is what the device's loader builds: step, RNG state, trained biases
+    and (sliced) weights, velocities 0 (the tiny model trains with momentum 0.9)."""
+    model = Model.from_bytes(tiny_blob())
+    dev.load_model(model, progress=False)
+    assert dev.read_params() == model.params_region()
+    train(dev, 2)
+    assert dev.read_params() != model.params_region()
+
+
+def test_loading_the_running_blob_again_writes_only_its_params(dev):
+    blob = tiny_blob()
+    uploads = []
+    upload = dev.client.upload
+    dev.client.upload = lambda slot, data, **kw: uploads.append((slot, len(data))) or upload(slot, data, **kw)
+    dev.load_model(blob, progress=False)
+    first = [train(dev, 1, start=k) for k in range(4)]
+    assert dev.load_model(blob, progress=False).step == 0
+    assert dev.read_params() == Model.from_bytes(blob).params_region()  # velocities back to 0 too
+    assert [train(dev, 1, start=k) for k in range(4)] == first
+    params = Model.from_bytes(blob).plan.params_bytes
+    assert [u for u in uploads if u[0] != Slot.INPUT] == [(Slot.MODEL, len(blob)), (Slot.PARAMS, params)]
+    dev.load_model(tiny_blob(seed=1), progress=False)  # another blob: uploaded
+    assert uploads[-1] == (Slot.MODEL, len(tiny_blob(seed=1)))
 
 
 def test_save_alternates_slots_and_counts_generations(dev):

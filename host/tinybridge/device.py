@@ -10,7 +10,7 @@ from .errors import DeviceError, DeviceResetError, ProtocolError, TimeoutError, 
 from . import preprocess
 from .metrics import classification_metrics
 from .progress import ProgressBar
-from .protocol import Client, Command, Slot, u32
+from .protocol import Client, Command, Slot, crc32, u32
 from .transport import DEFAULT_BAUD, open_transport
 
 Prediction = collections.namedtuple("Prediction", "label scores")
@@ -133,8 +133,17 @@ class Device:
 
     def load_model(self, model_or_path, progress=True):
         """Uploads a model blob (bytes, a file path, or a compiled Model), commits it and returns
-        its ModelInfo. Resumes an interrupted upload of the same blob."""
+        its ModelInfo; the model starts from its initial parameters. When the device already runs
+        this very blob, only those parameters are written (write_params: kilobytes instead of the
+        blob's hundreds, which take seconds to minutes over a serial link). Resumes an interrupted
+        upload of the same blob."""
         blob = _blob_bytes(model_or_path)
+        if self._runs_blob(blob):
+            from .model import Model
+
+            self.model = _parse_model_info(self.client.request(Command.MODEL_INFO))
+            self.write_params(Model.from_bytes(blob).params_region())
+            return self.model
         bar = ProgressBar(len(blob), "upload") if progress else None
         try:
             self.client.upload(Slot.MODEL, blob, progress=bar.update_to if bar else None)
@@ -147,6 +156,10 @@ class Device:
                 bar.close()
         self.model = _parse_model_info(payload)
         return self.model
+
+    def _runs_blob(self, blob):
+        size, crc = struct.unpack("<II", self.client.request(Command.XFER_STAT, bytes([Slot.MODEL])))
+        return size == len(blob) and crc == crc32(blob)
 
     def _need_model(self):
         if self.model is None:
@@ -210,6 +223,19 @@ class Device:
     def read_params(self):
         """The device's params region (trained weights, biases, optimizer state; docs/blob-format.md)."""
         return self.client.download(Slot.PARAMS, self._need_model().params_bytes)
+
+    def write_params(self, params):
+        """Replaces the device's params region (bytes as read_params returns them, or
+        Model.params_region()) and persists it as a checkpoint; returns its generation. Training
+        goes on from there, as from a loaded checkpoint."""
+        params = bytes(params)
+        expected = self._need_model().params_bytes
+        if len(params) != expected:
+            raise ValueError("params of %d bytes, the loaded model's params region has %d" % (len(params), expected))
+        self.client.upload(Slot.PARAMS, params)
+        generation = u32(self.client.request(Command.XFER_COMMIT, bytes([Slot.PARAMS]), timeout=SLOW_TIMEOUT))
+        self.model = _parse_model_info(self.client.request(Command.MODEL_INFO))  # its step count
+        return generation
 
     def read_blob(self):
         """The committed model blob, as uploaded."""

@@ -54,6 +54,26 @@ class Model:
         """The int8 input tensor of a uint8 image (preprocess.input_tensor)."""
         return preprocess.input_tensor(image, self.input_shape)
 
+    def params_region(self):
+        """The params region as a device holds it right after loading this model: zeros, the step
+        count and the stochastic-rounding state, the trained biases and weights (sliced weights:
+        their trained channels); velocities 0. Device.write_params takes it."""
+        region = bytearray(self.plan.params_bytes)
+        struct.pack_into("<II", region, 0, self.graph.step, self.graph.seed)
+        for op in self.graph.ops:
+            refs = self.plan.op_refs[op.name]
+            if refs["bias_param"] is not None:
+                self._put(region, refs["bias_param"], np.asarray(op.bias, np.int32))
+            if refs["weight_param"] is not None:
+                weights = op.weights[..., op.channels] if self.plan.sliced(op) else op.weights
+                self._put(region, refs["weight_param"], np.asarray(weights, np.int8))
+        return bytes(region)
+
+    def _put(self, region, buffer, array):
+        off = self.plan.buffers[buffer].offset
+        data = np.ascontiguousarray(array).tobytes()
+        region[off:off + len(data)] = data
+
     def apply_params(self, params):
         """Take trained parameters (the params region, as Device.read_params returns it) into the
         graph: trained biases and weights, the step count and the stochastic-rounding state.
