@@ -56,6 +56,11 @@ def test_infer_train_evaluate_stats(dev):
         assert result.step == i and np.isfinite(result.loss)
     metrics = dev.evaluate(images, labels)
     assert metrics["n"] == 24 and metrics["average"] == "binary" and 0 <= metrics["accuracy"] <= 1
+    scores = np.array([dev.infer(img).scores for img in images], np.float64)
+    losses = np.log(np.exp(scores).sum(axis=1)) - scores[np.arange(24), labels]
+    assert metrics["loss"] == pytest.approx(losses.mean(), rel=1e-9)
+    shares = np.bincount(scores.argmax(axis=1), minlength=2) / 24
+    assert metrics["predicted_shares"] == shares.tolist() and metrics["positive_share"] == shares[1]
     stats = dev.stats()
     assert stats["steps"] == 24 and stats["last_step"] > 0 and stats["last_infer"] > 0
     assert 0 < stats["arena_high_water"] <= dev.info()["arena_bytes"]

@@ -131,7 +131,7 @@ def cmd_eval(args):
     with open_device(args) as dev:
         model = need_model(dev)
         (images, labels), classes = load_split(args, spec, model, args.split)
-        result = experiments.evaluate(dev, images, labels, "evaluate %s (%s)" % (args.data, args.split))
+        result = dev.evaluate(images, labels, progress="evaluate %s (%s)" % (args.data, args.split))
     print(experiments.evaluation_report(result, classes))
     if args.out:
         experiments.write_evaluation(result, dict(data=args.data, split=args.split, seed=args.seed, classes=classes,

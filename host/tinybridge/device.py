@@ -203,17 +203,36 @@ class Device:
                                       timeout=max(self.client.timeout, SLOW_TIMEOUT))
         return StepResult(*struct.unpack_from("<fHI", payload))
 
-    def evaluate(self, images, labels):
+    def evaluate(self, images, labels, progress=False):
         """Runs every image and compares with `labels`: accuracy, precision, recall, f1 (binary for
-        two classes, of class 1; else macro over the classes present), n, average, confusion."""
+        two classes, of class 1; else macro over the classes present), n, average, confusion,
+        per_class (metrics.classification_metrics), loss (mean cross-entropy of the dequantized
+        logits), predicted_shares (the share of images predicted as each class) and positive_share
+        (of class 1; two classes only). progress: a bar on stderr (True, or its title)."""
         labels = [self._check_label(label) for label in labels]
         images = list(images)
         if len(images) != len(labels):
             raise ValueError("%d images but %d labels" % (len(images), len(labels)))
         for img in images:
             self._input_bytes(img)  # every shape checked before the first one is sent
-        predictions = [self.infer(img).label for img in images]
-        return classification_metrics(labels, predictions, self.model.num_classes)
+        title = progress if isinstance(progress, str) else "evaluate"
+        bar = ProgressBar(len(images), title, unit="img") if progress else None
+        predictions, losses = [], []
+        for i, (img, label) in enumerate(zip(images, labels), 1):
+            p = self.infer(img)
+            z = p.scores.astype(np.float64) - p.scores.max()
+            losses.append(np.log(np.exp(z).sum()) - z[label])
+            predictions.append(p.label)
+            if bar:
+                bar.update_to(i)
+        if bar:
+            bar.close()
+        classes = self.model.num_classes
+        result = classification_metrics(labels, predictions, classes)
+        shares = np.bincount(predictions, minlength=classes) / max(len(predictions), 1)
+        result.update(loss=float(np.mean(losses)) if losses else 0.0, predicted_shares=shares.tolist(),
+                      positive_share=float(shares[1]) if classes == 2 else None)
+        return result
 
     def save(self):
         """Persists the trained parameters to flash (power-loss safe); returns the checkpoint's generation."""

@@ -94,29 +94,6 @@ class Run:
 
 # ---------------- the pieces: evaluation, training order, one run ----------------
 
-def evaluate(dev, images, labels, desc="evaluate", progress=True):
-    """The device's model on labelled images: classification_metrics (accuracy, precision, recall,
-    f1, average, confusion, per_class), loss (mean cross-entropy of the logits), predicted_shares
-    (the share of images predicted as each class) and positive_share (of class 1; two classes only)."""
-    num_classes = dev.model.num_classes
-    bar = ProgressBar(len(images), desc, unit="img") if progress else None
-    predictions, losses = [], []
-    for i, (img, label) in enumerate(zip(images, labels), 1):
-        p = dev.infer(img)
-        z = p.scores.astype(np.float64) - p.scores.max()
-        losses.append(np.log(np.exp(z).sum()) - z[label])
-        predictions.append(p.label)
-        if bar:
-            bar.update_to(i)
-    if bar:
-        bar.close()
-    result = classification_metrics(labels, predictions, num_classes)
-    shares = np.bincount(predictions, minlength=num_classes) / max(len(predictions), 1)
-    result.update(loss=float(np.mean(losses)) if losses else 0.0, predicted_shares=shares.tolist(),
-                  positive_share=float(shares[1]) if num_classes == 2 else None)
-    return result
-
-
 def training_sequence(labels, steps, order="shuffled", rng=None, run_length=20):
     """`steps` indexes into `labels`: passes over all images, each in `order`, until `steps`.
     shuffled: a random permutation; interleaved: the classes take turns image by image; blocked:
@@ -173,12 +150,12 @@ def train(dev, images, labels, sequence, lr=None, desc="train", checkpoint=None,
 def execute(dev, run, val_images, val_labels, eval_steps, desc):
     """Loads run.model, evaluates it at step 0, trains along run.sequence, evaluating after the
     steps in `eval_steps` and the last. Returns (records, trace): one record per evaluation (step,
-    train_loss = mean of the last 50 training losses, val_loss, evaluate()'s metrics), and train()'s trace."""
+    train_loss = mean of the last 50 training losses, val_loss, Device.evaluate()'s metrics), and train()'s trace."""
     dev.load_model(run.model, progress=False)
     records = []
 
     def checkpoint(step, trace):
-        metrics = evaluate(dev, val_images, val_labels, "%s: evaluate @ step %d" % (desc, step))
+        metrics = dev.evaluate(val_images, val_labels, progress="%s: evaluate @ step %d" % (desc, step))
         recent = trace["loss"][-50:]
         records.append(dict(step=step, train_loss=float(np.mean(recent)) if recent else None,
                             val_loss=metrics.pop("loss"), **metrics))
@@ -495,7 +472,7 @@ def _csv_number(value):
 
 
 def evaluation_report(result, classes):
-    """evaluate()'s result as text: accuracy and loss, precision / recall / F1 / support per class
+    """Device.evaluate()'s result as text: accuracy and loss, precision / recall / F1 / support per class
     and averaged, the confusion matrix."""
     width = max(len("binary"), *(len(c) for c in classes))
     pc = result["per_class"]
