@@ -4,6 +4,7 @@
 #   scripts/quickstart.sh test   install everything the tests need and run the whole test suite
 # Idempotent: a second run only checks. Python lives in .venv (override with TINYBRIDGE_VENV).
 set -euo pipefail
+caller_dir=$PWD  # the demo writes its results here, as the README says
 cd "$(dirname "$0")/.."
 what=${1:-}
 case "$what" in demo|test) ;; *) echo "usage: $0 demo|test [pytest args...]" >&2; exit 2 ;; esac
@@ -37,7 +38,7 @@ demo)
     apt_install gcc libc6-dev python3-dev
     python_setup
     "$venv/bin/python" -m pip install -q -e .
-    exec "$venv/bin/tinybridge" demo "$@"
+    exec "$venv/bin/tinybridge" demo --out "$caller_dir" "$@"
     ;;
 test)
     apt_install gcc libc6-dev python3-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm dataset-fashion-mnist
