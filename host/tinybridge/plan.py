@@ -284,9 +284,21 @@ def grad_chunk_bytes(g, op, channels):
 
 # ---------------- sizes ----------------
 
+_SCRATCH = {}   # _kernel_scratch by op geometry: the planner's trials ask again and again
+
+
 def _kernel_scratch(g, op):
     """Bytes of forward kernel scratch op needs (tb_*_scratch_bytes of the device's kernels): the
     most that the whole op or any one-row call of it needs (it may run by rows)."""
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+    key = (op.kind, x.shape, y.shape, op.kernel, op.stride, g.out_geometry(op) if op.kind == "conv2d" else None,
+           x.zero_point, y.zero_point, op.act_min, op.act_max)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = _kernel_scratch_uncached(g, op)
+    return _SCRATCH[key]
+
+
+def _kernel_scratch_uncached(g, op):
     x = g.tensors[op.inputs[0]]
     if op.kind == "conv2d":
         _, _, pt, pl = g.out_geometry(op)
