@@ -156,7 +156,12 @@ static int row_call(const tb_model *m, uint32_t i, int32_t r0, int32_t r1, int8_
     tb_model_window(m, op, r0, &a, &unused);
     tb_model_window(m, op, r1 - 1, &unused, &b);
     const int8_t *x = value(m, op->input0);
-    if (in->stream_rows) {
+    if (op->input0 == m->header->input_tensor && in->stream_rows) {
+        /* the streamed input: the input transfer has put the window's rows into its ring */
+        if (a < ring_first[op->input0] || b > ring_first[op->input0] + ring_rows[op->input0])
+            return fail("input rows missing from the input ring");
+        x += (uint32_t)(a - ring_first[op->input0]) * tb_row_bytes(in);
+    } else if (in->stream_rows) {
         const int rc = stream_fill(m, i - 1, a, b);
         if (rc) return rc;
     } else {
@@ -181,7 +186,7 @@ static int row_op(const tb_model *m, uint32_t i, int8_t *y)
     const uint8_t *yb = (const uint8_t *)y;
     const int overlap = yb < x + tb_tensor_size(&m->tensors[root]) && x < yb + tb_tensor_size(out);
     if (root == op->input0 && !overlap) return row_call(m, i, 0, out->h, y);
-    for (uint32_t k = i; m->tensors[m->ops[k].input0].stream_rows; k--) {
+    for (uint32_t k = i; k > 0 && m->tensors[m->ops[k].input0].stream_rows; k--) {
         ring_first[m->ops[k].input0] = 0;
         ring_rows[m->ops[k].input0] = 0;
     }
@@ -268,10 +273,146 @@ static int forward_op(const tb_model *m, uint32_t i, int training)
     return TB_OK;
 }
 
+/* ---- the streamed input (docs/blob-format.md, "Streamed input") ----
+ *
+ * Ops 0 .. chain_end (a chain of row ops: op 0 reads the input, each streams into the next, and
+ * chain_end's output is materialized) run while the input transfer's data arrives, pushed by it:
+ * after every completed input row each op of the chain computes every row whose window is there,
+ * as long as its own ring has room (rows below its reader's next window dropped first), until
+ * nothing moves; the input ring then drops the rows below op 0's next window. Each row is its
+ * op's kernel on its window, as when the chain runs inside its reader's step: the same numbers. */
+static uint32_t input_partial;     /* bytes of the row being received */
+static uint16_t chain_done;        /* rows of chain_end's output computed */
+
+void tb_exec_input_begin(void)
+{
+    const tb_model *m = tb_model_loaded();
+    input_partial = 0;
+    chain_done = 0;
+    tb_profile_stage_clear();
+    if (!m) return;
+    const uint32_t end = tb_model_input_chain_end(m);
+    ring_first[m->header->input_tensor] = ring_rows[m->header->input_tensor] = 0;
+    for (uint32_t k = 0; k < end; k++)
+        ring_first[m->ops[k].output] = ring_rows[m->ops[k].output] = 0;
+}
+
+/* Drops the rows of ring tensor t below row a (ring_first moves to a, or to the end of what it
+ * holds when that is below a). */
+static void ring_drop(const tb_model *m, uint16_t t, int32_t a)
+{
+    if (ring_first[t] >= a) return;
+    const uint32_t rb = tb_row_bytes(&m->tensors[t]);
+    uint8_t *buf = tb_model_buffer(m, m->tensors[t].buffer);
+    const int32_t drop = a - ring_first[t] < ring_rows[t] ? a - ring_first[t] : ring_rows[t];
+    memmove(buf, buf + (uint32_t)drop * rb, (uint32_t)(ring_rows[t] - drop) * rb);
+    ring_rows[t] = (uint16_t)(ring_rows[t] - drop);
+    ring_first[t] = (uint16_t)(ring_first[t] + drop);
+}
+
+/* The rows op k has computed (its output's next row). */
+static int32_t chain_next(const tb_model *m, uint32_t k, uint32_t end)
+{
+    return k == end ? chain_done : ring_first[m->ops[k].output] + ring_rows[m->ops[k].output];
+}
+
+/* The first input row op k still needs: its next row's window start (its input's height when it
+ * has computed every row). */
+static int32_t chain_needs(const tb_model *m, uint32_t k, uint32_t end)
+{
+    const tb_blob_op *op = &m->ops[k];
+    const int32_t r = chain_next(m, k, end);
+    if (r >= m->tensors[op->output].h) return m->tensors[op->input0].h;
+    int32_t a, b;
+    tb_model_window(m, op, r, &a, &b);
+    return a;
+}
+
+static int chain_advance(const tb_model *m)
+{
+    const uint32_t end = tb_model_input_chain_end(m);
+    int moved = 1;
+    while (moved) {
+        moved = 0;
+        for (uint32_t k = 0; k <= end; k++) {
+            const tb_blob_op *op = &m->ops[k];
+            const tb_blob_tensor *out = &m->tensors[op->output];
+            for (;;) {
+                const int32_t r = chain_next(m, k, end);
+                if (r >= out->h) break;
+                int32_t a, b;
+                tb_model_window(m, op, r, &a, &b);
+                if (b > ring_first[op->input0] + ring_rows[op->input0]) break;
+                int8_t *y;
+                if (k < end) {
+                    ring_drop(m, op->output, chain_needs(m, k + 1, end));
+                    if (ring_rows[op->output] >= out->stream_rows) break;
+                    y = value(m, op->output) + (uint32_t)ring_rows[op->output] * tb_row_bytes(out);
+                } else {
+                    y = value(m, op->output) + (uint32_t)r * tb_row_bytes(out);
+                }
+                tb_profile_switch(tb_profile_bucket(k, TB_PASS_FORWARD));
+                const int rc = row_call(m, k, r, r + 1, y);
+                tb_profile_switch(TB_PROFILE_OUTSIDE);
+                if (rc) return rc;
+                if (k < end) ring_rows[op->output]++;
+                else chain_done++;
+                moved = 1;
+            }
+        }
+    }
+    ring_drop(m, m->header->input_tensor, chain_needs(m, 0, end));
+    return TB_OK;
+}
+
+int tb_exec_input_data(const uint8_t *data, uint32_t len)
+{
+    const tb_model *m = tb_model_loaded();
+    if (!m || !m->tensors[m->header->input_tensor].stream_rows) return fail("the input does not stream");
+    const uint16_t t = m->header->input_tensor;
+    const tb_blob_tensor *in = &m->tensors[t];
+    const uint32_t rb = tb_row_bytes(in);
+    uint8_t *ring = tb_model_buffer(m, in->buffer);
+    int rc = TB_OK;
+    tb_profile_stage_resume();
+    while (!rc && len) {
+        const int32_t row = ring_first[t] + ring_rows[t];   /* the row being received */
+        if (row >= in->h || row - ring_first[t] >= in->stream_rows) {
+            rc = fail(row >= in->h ? "input data past its last row" : "the input ring is full");
+            break;
+        }
+        const uint32_t n = len < rb - input_partial ? len : rb - input_partial;
+        memcpy(ring + (uint32_t)(row - ring_first[t]) * rb + input_partial, data, n);
+        data += n;
+        len -= n;
+        input_partial += n;
+        if (input_partial == rb) {
+            input_partial = 0;
+            ring_rows[t]++;
+            rc = chain_advance(m);
+        }
+    }
+    tb_profile_stage_pause();
+    return rc;
+}
+
 static int forward(const tb_model *m, int training)
 {
     int rc = TB_OK;
-    for (uint32_t i = 0; !rc && i < m->header->n_ops; i++) {
+    uint32_t first = 0;
+    if (m->tensors[m->header->input_tensor].stream_rows) {
+        /* ops 0 .. chain_end ran while the input arrived */
+        const uint32_t end = tb_model_input_chain_end(m);
+        const tb_blob_op *op = &m->ops[end];
+        const tb_blob_tensor *out = &m->tensors[op->output];
+        if (chain_done != out->h) return fail("the streamed input's first layers are incomplete");
+        chain_done = 0; /* consumed */
+        if (training && out->mask != TB_BLOB_NONE)
+            tb_clamp_mask_pack_s8(value(m, op->output), (int32_t)tb_tensor_size(out), op->act_min,
+                                  op->act_max, tb_model_buffer(m, out->mask));
+        first = end + 1;
+    }
+    for (uint32_t i = first; !rc && i < m->header->n_ops; i++) {
         tb_profile_switch(tb_profile_bucket(i, TB_PASS_FORWARD));
         rc = forward_op(m, i, training);
     }

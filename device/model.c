@@ -99,10 +99,25 @@ void tb_model_window(const tb_model *m, const tb_blob_op *op, int32_t r, int32_t
     *b = top + op->kernel_h < h ? top + op->kernel_h : h;
 }
 
+/* Does op i's input0 stream from the op before it (not the graph input, which streams from the
+ * input transfer). */
+static int streams_from_before(const tb_model *m, uint32_t i)
+{
+    return i > 0 && m->tensors[m->ops[i].input0].stream_rows;
+}
+
 uint16_t tb_model_root(const tb_model *m, uint32_t op_index)
 {
-    while (m->tensors[m->ops[op_index].input0].stream_rows) op_index--;
+    while (streams_from_before(m, op_index)) op_index--;
     return m->ops[op_index].input0;
+}
+
+uint32_t tb_model_input_chain_end(const tb_model *m)
+{
+    if (!m->tensors[m->header->input_tensor].stream_rows) return 0;
+    uint32_t j = 0;
+    while (m->tensors[m->ops[j].output].stream_rows) j++;
+    return j;
 }
 
 /* The first row of tb_model_root(op_index) that output row r of the op reads. */
@@ -110,7 +125,7 @@ static int32_t root_row(const tb_model *m, uint32_t op_index, int32_t r)
 {
     int32_t a, b;
     tb_model_window(m, &m->ops[op_index], r, &a, &b);
-    while (m->tensors[m->ops[op_index].input0].stream_rows)
+    while (streams_from_before(m, op_index))
         tb_model_window(m, &m->ops[--op_index], a, &a, &b);
     return a;
 }
@@ -672,16 +687,27 @@ static int check_streams(check *c)
         if (!rows) continue;
         snprintf(c->owner, sizeof(c->owner), "tensor %u: ", (unsigned)t);
         const int32_t p = tb_model_producer(m, t);
-        if (p < 0 || (uint32_t)p + 1 >= m->header->n_ops)
-            return reject(c, "streams but no op reads it next");
-        const tb_blob_op *made = &m->ops[p], *next = &m->ops[p + 1];
         uint32_t uses = 0;
         for (uint32_t i = 0; i < m->header->n_ops; i++)
             uses += (m->ops[i].input0 == t) + (m->ops[i].input1 == t);
-        if (!is_row_kind(made->kind) || !is_row_kind(next->kind) || next->input0 != t || uses != 1)
-            return reject(c, "streams but is not a row op's output read only by the next row op");
-        if (made->train || (next->train & TB_TRAIN_WEIGHTS))
-            return reject(c, "streams but the backward pass reads it");
+        const tb_blob_op *next;
+        if (t == m->header->input_tensor) {
+            /* the streamed input: op 0's rows run while the input transfer's data arrives */
+            next = &m->ops[0];
+            if (!is_row_kind(next->kind) || next->input0 != t || uses != 1)
+                return reject(c, "streams but is not the input of a row op reading it alone");
+            if (next->train & TB_TRAIN_WEIGHTS)
+                return reject(c, "streams but the backward pass reads it");
+        } else {
+            if (p < 0 || (uint32_t)p + 1 >= m->header->n_ops)
+                return reject(c, "streams but no op reads it next");
+            const tb_blob_op *made = &m->ops[p];
+            next = &m->ops[p + 1];
+            if (!is_row_kind(made->kind) || !is_row_kind(next->kind) || next->input0 != t || uses != 1)
+                return reject(c, "streams but is not a row op's output read only by the next row op");
+            if (made->train || (next->train & TB_TRAIN_WEIGHTS))
+                return reject(c, "streams but the backward pass reads it");
+        }
         int32_t need = 0;
         for (int32_t r = 0; r < m->tensors[next->output].h; r++) {
             int32_t a, b;
@@ -714,6 +740,11 @@ static int check_in_place(check *c)
         const uint16_t x = is_row_kind(op->kind) ? tb_model_root(m, i) : op->input0;
         const uint32_t in_at = m->buffers[m->tensors[x].buffer].offset;
         const uint32_t in_size = tb_tensor_size(&m->tensors[x]);
+        if (m->tensors[x].stream_rows) { /* the streamed input's ring: no overlap at all */
+            if (ranges_meet(o, o_size, in_at, m->buffers[m->tensors[x].buffer].size))
+                return reject(c, "output overlaps the streamed input");
+            continue;
+        }
         if (op->kind == TB_OP_ADD) {
             for (uint32_t k = 0; k < 2; k++) {
                 const uint32_t at = m->buffers[m->tensors[op_input(op, k)].buffer].offset;
@@ -827,8 +858,14 @@ const tb_model_info *tb_model_current(void)
 
 uint8_t *tb_model_input(void)
 {
-    return has_model ? tb_model_buffer(&current, current.tensors[current.header->input_tensor].buffer)
-                     : NULL;
+    return has_model && !tb_model_input_streams()
+               ? tb_model_buffer(&current, current.tensors[current.header->input_tensor].buffer)
+               : NULL;
+}
+
+int tb_model_input_streams(void)
+{
+    return has_model && current.tensors[current.header->input_tensor].stream_rows;
 }
 
 uint8_t *tb_model_params(void)

@@ -38,8 +38,21 @@ void tb_model_unload(void);
 const tb_model_info *tb_model_current(void);   /* NULL: no model */
 
 /* Where a committed input transfer is written: the model's input tensor in the arena (input_bytes).
- * An INFER or TRAIN_STEP consumes it (the arena is reused by the pass). */
+ * An INFER or TRAIN_STEP consumes it (the arena is reused by the pass). NULL when the model's
+ * input streams (tb_model_input_streams): its bytes go through tb_exec_input_data instead. */
 uint8_t *tb_model_input(void);
+
+/* Does the current model stream its input (docs/blob-format.md, "Streamed input"): the first
+ * layers run while the input arrives, its rows pass through a ring of a few rows, and INFER /
+ * TRAIN_STEP start after them. */
+int tb_model_input_streams(void);
+/* A streamed input starts over: no row received, the first layers' row state reset. */
+void tb_exec_input_begin(void);
+/* The next `len` bytes of a streamed input, in order (any split): into the input ring, and every
+ * row of the first layers that they make computable computed. TB_OK, or TB_ERR_EXEC (a bug: the
+ * loader checked the ring's size) with tb_exec_error's reason. The executor's counter for these
+ * rows is charged to the next INFER / TRAIN_STEP's profile (docs/protocol.md, PROFILE). */
+int tb_exec_input_data(const uint8_t *data, uint32_t len);
 
 /* The trained parameters and optimizer state (params_bytes): read for checkpoints, written
  * (after validation of size) to restore one. */

@@ -31,6 +31,11 @@ void tb_model_window(const tb_model *m, const tb_blob_op *op, int32_t r, int32_t
  * by the op before its reader) the input of the chain. */
 uint16_t tb_model_root(const tb_model *m, uint32_t op_index);
 
+/* With a streamed input (its tensor's stream_rows > 0): the op whose output is the first
+ * materialized tensor of the chain that starts at op 0 (ops 0 .. it run while the input arrives).
+ * 0 otherwise. */
+uint32_t tb_model_input_chain_end(const tb_model *m);
+
 /* The op producing tensor t, or -1 (the graph input). */
 int32_t tb_model_producer(const tb_model *m, uint32_t t);
 

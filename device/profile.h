@@ -37,4 +37,11 @@ uint64_t tb_profile_end(void);
 void tb_profile_clear(void);
 const tb_profile *tb_profile_last(void);
 
+/* Work of the next run done ahead of it (the first layers of a streamed input, while its data
+ * arrives): between resume and pause the counter is charged to a staged profile, which the next
+ * tb_profile_begin takes in (its entries and total include it). clear forgets it (a new input). */
+void tb_profile_stage_clear(void);
+void tb_profile_stage_resume(void);
+void tb_profile_stage_pause(void);
+
 #endif

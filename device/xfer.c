@@ -12,10 +12,12 @@
 typedef struct {
     int active;
     uint32_t size, crc, next;
+    uint32_t received_crc; /* a streamed input: CRC-32 of the bytes received so far */
     int flash_slot; /* model, params: the flash slot being written */
 } transfer;
 
 static transfer transfers[4]; /* indexed by TB_SLOT_* */
+static uint32_t input_crc;    /* of the committed input (a streamed one is not kept whole) */
 
 void tb_xfer_cancel(int slot)
 {
@@ -90,6 +92,8 @@ static int prepare(tb_call *c, uint8_t slot, uint32_t size, transfer *t)
                            (unsigned)size, (unsigned)m->input_h, (unsigned)m->input_w,
                            (unsigned)m->input_c, (unsigned)m->input_bytes);
         tb_rt.input_ready = 0; /* about to be overwritten */
+        if (tb_model_input_streams())
+            tb_exec_input_begin(); /* the first layers run as its rows arrive */
         return TB_OK;
     }
     if (size != m->params_bytes)
@@ -123,6 +127,7 @@ int tb_xfer_begin(tb_call *c)
         t->size = size;
         t->crc = crc;
         t->next = 0;
+        t->received_crc = 0;
     }
     tb_put_u32(c, t->next);
     return TB_OK;
@@ -153,7 +158,13 @@ int tb_xfer_data(tb_call *c)
     }
     if (len > t->size - offset)
         return tb_fail(c, TB_ERR_BAD_ARGUMENT, "data runs past the announced %u bytes", (unsigned)t->size);
-    if (slot == TB_SLOT_INPUT)
+    if (slot == TB_SLOT_INPUT && tb_model_input_streams()) {
+        if (tb_exec_input_data(data, len) != TB_OK) {
+            t->active = 0;
+            return tb_fail(c, TB_ERR_EXEC, "%s", tb_exec_error());
+        }
+        t->received_crc = tb_crc32(t->received_crc, data, len);
+    } else if (slot == TB_SLOT_INPUT)
         memcpy(tb_model_input() + offset, data, len);
     else if ((slot == TB_SLOT_MODEL ? tb_store_model_program(t->flash_slot, offset, data, len)
                                     : tb_store_params_program(t->flash_slot, offset, data, len)) != 0) {
@@ -195,6 +206,11 @@ static int commit_model(tb_call *c, const transfer *t)
 static int commit_params(tb_call *c, const transfer *t)
 {
     uint32_t generation;
+    if (tb_model_input_streams()) {
+        /* the first layers of a streamed input ran with the parameters being replaced */
+        tb_rt.input_ready = 0;
+        tb_xfer_cancel(TB_SLOT_INPUT);
+    }
     memcpy(tb_model_params(), tb_store_params_data(t->flash_slot), t->size);
     if (tb_store_params_seal(t->flash_slot, tb_rt.model.seq, tb_rt.model.crc, t->size, t->crc,
                              tb_model_step(), &generation) != 0)
@@ -213,10 +229,15 @@ int tb_xfer_commit(tb_call *c)
     if (t->next != t->size)
         return tb_fail(c, TB_ERR_INCOMPLETE, "%u of %u bytes received", (unsigned)t->next, (unsigned)t->size);
     t->active = 0;
-    const uint8_t *content = slot == TB_SLOT_MODEL   ? tb_store_model_blob(t->flash_slot)
-                             : slot == TB_SLOT_INPUT ? tb_model_input()
-                                                     : tb_store_params_data(t->flash_slot);
-    uint32_t crc = tb_crc32(0, content, t->size);
+    uint32_t crc;
+    if (slot == TB_SLOT_INPUT && tb_model_input_streams()) {
+        crc = t->received_crc; /* the image is gone: its rows went through the input ring */
+    } else {
+        const uint8_t *content = slot == TB_SLOT_MODEL   ? tb_store_model_blob(t->flash_slot)
+                                 : slot == TB_SLOT_INPUT ? tb_model_input()
+                                                         : tb_store_params_data(t->flash_slot);
+        crc = tb_crc32(0, content, t->size);
+    }
     if (crc != t->crc)
         return tb_fail(c, TB_ERR_CRC_MISMATCH, "CRC %08x, announced %08x", (unsigned)crc, (unsigned)t->crc);
     if (slot == TB_SLOT_MODEL)
@@ -224,6 +245,7 @@ int tb_xfer_commit(tb_call *c)
     if (slot == TB_SLOT_PARAMS)
         return commit_params(c, t);
     tb_rt.input_ready = 1;
+    input_crc = crc;
     return TB_OK;
 }
 
@@ -278,7 +300,7 @@ int tb_xfer_stat(tb_call *c)
         crc = tb_rt.model.crc;
     } else if (slot == TB_SLOT_INPUT && tb_rt.input_ready) {
         size = tb_model_current()->input_bytes;
-        crc = tb_crc32(0, tb_model_input(), size);
+        crc = input_crc;
     } else if (slot == TB_SLOT_PARAMS && tb_rt.has_model) {
         size = tb_model_current()->params_bytes;
         crc = tb_crc32(0, tb_model_params(), size);

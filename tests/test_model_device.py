@@ -54,13 +54,18 @@ def assert_same_results(got, want):
 
 # ---------------- the device runs what the host simulates ----------------
 
-@pytest.mark.parametrize("momentum, wgrad_bytes", [(0.9, None), (0.0, 4)])
-def test_device_training_equals_simulation(momentum, wgrad_bytes):
+@pytest.mark.parametrize("momentum, wgrad_bytes, stream_input", [(0.9, None, None), (0.0, 4, None),
+                                                                   (0.9, None, True)])
+def test_device_training_equals_simulation(momentum, wgrad_bytes, stream_input):
     """Forward, loss, backward through every op kind and QAS updates: identical results and
-    parameters (weights, biases, velocities, RNG state, step) after every step."""
+    parameters (weights, biases, velocities, RNG state, step) after every step; also with the input
+    streamed (its rows through a ring, the first conv run as they arrive, in pieces that do not
+    align with rows)."""
     m = tiny_model.sparse_model(momentum=momentum)
-    if wgrad_bytes:
-        m = Model(m.graph, plan.plan(m.graph, wgrad_bytes=wgrad_bytes))
+    if wgrad_bytes or stream_input:
+        m = Model(m.graph, plan.plan(m.graph, wgrad_bytes=wgrad_bytes or plan.DEFAULT_WGRAD_BYTES,
+                                     stream_input=stream_input))
+    assert (m.graph.input in m.plan.stream_rows) == bool(stream_input)
     recs = records(m, 30, 10)
     recs[5].lr = 0.03                      # an explicit learning rate instead of the model's
     loads, got, params, used, _ = H.run([m.to_bytes()], recs, CAPACITY)
@@ -114,9 +119,18 @@ def single_rounding_model():
     return Model(m.graph)
 
 
-@pytest.mark.parametrize("make", [branchy_model, flat_model, single_rounding_model])
+def whole_input_branchy_model():
+    """branchy_model, whose input streams (the first conv, VALID, stride 2, training its bias, runs
+    while the input arrives; its output's mask is made when the step starts), with its input whole."""
+    m = branchy_model()
+    return Model(m.graph, plan.plan(m.graph, stream_input=False))
+
+
+@pytest.mark.parametrize("make", [branchy_model, flat_model, single_rounding_model, whole_input_branchy_model])
 def test_device_training_equals_simulation_on_other_graphs(make):
     m = make()
+    # flat_model's first conv trains its weights: their gradient reads the whole input
+    assert (m.graph.input in m.plan.stream_rows) == (make is branchy_model)
     rng = np.random.default_rng(3)
     h, w, c = m.input_shape
     recs = [H.Record("train", rng.integers(-128, 128, (h, w, c), dtype=np.int8), int(rng.integers(0, 3)))
@@ -268,7 +282,24 @@ def corruptions(m):
     yield "scale NaN", patch(data, L.tensor(2, 12), "<f", math.nan), BAD_BLOB, "tensor 2: scale"
     yield "the input scaled by positions", patch(data, L.tensor(0, 22), "<H", 1), BAD_BLOB, \
         "tensor 0: scaled by positions but no op produces it"
-    yield "the input streams", patch(data, L.tensor(0, 6), "<H", 1), BAD_BLOB, "tensor 0: streams but no op reads"
+    # the same model with its input streamed through a ring of rows (op 0's window)
+    streamed = Model(g, plan.plan(g, stream_input=True))
+    sdata, rows, h = streamed.to_bytes(), streamed.plan.stream_rows[g.input], g.tensors[g.input].shape[0]
+    ring = struct.unpack_from("<H", sdata, L.tensor(0, 16))[0]
+    yield "the input's ring one row short", patch(sdata, L.tensor(0, 6), "<H", rows - 1), BAD_BLOB, \
+        "tensor 0: streams %d rows, its reader needs %d" % (rows - 1, rows)
+    yield "the input's ring over its height", patch(sdata, L.tensor(0, 6), "<H", h + 1), BAD_BLOB, \
+        "tensor 0: value buffer %d has %d bytes, needs %d" % (ring, rows * 32, (h + 1) * 32)
+    yield "the input's ring under the first output", patch(sdata, L.buffers + 8 * ring, "<I", struct.unpack_from(
+        "<I", sdata, L.buffers + 8 * struct.unpack_from("<H", sdata, L.tensor(1, 16))[0])[0]), BAD_BLOB, \
+        "op 0 (conv2d): output overlaps the streamed input"
+    full = tiny_model.sparse_model()
+    full.graph.train("conv1", weights=True)         # the weight gradient reads the whole input
+    full = Model(full.graph)
+    assert g.input not in full.plan.stream_rows
+    fdata = full.to_bytes()
+    yield "the input streams though op 0 trains its weights", patch(fdata, Layout(fdata).tensor(0, 6), "<H", rows), \
+        BAD_BLOB, "tensor 0: streams but the backward pass reads it"
     yield "op kind", patch(data, L.op(0, 0), "<B", 9), BAD_BLOB, "op 0: unknown kind 9"
     yield "op input later", patch(data, L.op(0, 8), "<H", names.index("fc")), BAD_BLOB, "not an earlier tensor"
     yield "op input range", patch(data, L.op(1, 8), "<H", 999), BAD_BLOB, "not an earlier tensor"

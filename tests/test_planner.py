@@ -36,6 +36,7 @@ def test_the_device_computes_the_same_with_and_without_overlaps(zoo_small):
     # chunked input gradients are chosen only where they lower the peak, which moves with the
     # kernels' scratch sizes; tests/test_inplace.py proves them exact on their own
     assert m.plan.stream_rows and any(m.plan.sliced(op) for op in m.graph.ops)
+    assert m.graph.input in m.plan.stream_rows and m.graph.input not in apart.plan.stream_rows
     assert len(in_place_pairs(m)) >= 10 and not in_place_pairs(apart) and not m.plan.conflicts()
     assert m.memory.sram < apart.memory.sram
     results = []

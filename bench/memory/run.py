@@ -1,8 +1,9 @@
 """Planned peak training memory of the paper's three models at 128x128 under each of their five
 sparse-update schemes (tinybridge.compile, two-class head), beside the paper's STM32F746 figures
-(sparse update + operator reordering), the floor of the first layers (the input image whole, the
-first layers' rows streaming over it) and the blob's flash size. Prints a Markdown table
-(docs/benchmarks.md, "Memory").
+(sparse update + operator reordering), what the input takes (its planned buffer: a ring of the first
+conv's rows when it streams, docs/blob-format.md "Streamed input", else the whole image), the most
+in use while it is in memory (the first layers, run as its rows arrive) and the blob's flash size.
+Prints a Markdown table (docs/benchmarks.md, "Memory").
 
     python3 bench/memory/run.py
 """
@@ -17,7 +18,7 @@ ARENA_KB = 256   # TB_ARENA_BYTES
 
 
 def main():
-    print("| model | scheme | planned peak KB | paper KB | at or under | trained params KB | params + image KB "
+    print("| model | scheme | planned peak KB | paper KB | at or under | trained params KB | params + input KB "
           "| params + first layers KB | every buffer apart KB | flash KB | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in compiler.ZOO:
@@ -27,7 +28,7 @@ def main():
             seconds = time.time() - t
             mem = model.memory
             apart = Model(model.graph, plan.plan(model.graph, overlap=False)).memory.sram
-            image = model.graph.tensors[model.graph.input].size
+            image = model.plan.buffers[model.plan.tensor_refs[model.graph.input]["buffer"]].size
             assert mem.sram <= ARENA_KB * KB
             print("| %s | %s | %.1f | %d | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |" % (
                 name, scheme, mem.sram / KB, PAPER_KB[name], "yes" if mem.sram <= PAPER_KB[name] * KB else "no",
@@ -36,7 +37,8 @@ def main():
 
 
 def first_layers(p, g):
-    """The most bytes in use while the input image is: at the first layers, which stream over it."""
+    """The most bytes in use while the input is in memory: at the first layers, which stream over the
+    image or, when the input streams, run as its rows arrive."""
     image = p.buffers[p.tensor_refs[g.input]["buffer"]]
     return max(p.demand[s] for s in range(image.first, image.last + 1))
 

@@ -238,9 +238,9 @@ def row_bytes(t):
 
 def root(g, op, stream):
     """The first materialized tensor op reads: its input, or through streamed tensors the input of
-    the chain that streams into it."""
+    the chain that streams into it (the graph input, when that streams too: see streams_input)."""
     t = op.inputs[0]
-    while t in stream:
+    while t in stream and g.producer(t) is not None:
         t = g.ops[g.producer(t)].inputs[0]
     return t
 
@@ -249,7 +249,7 @@ def root_row(g, op, r, stream):
     """The first row of root(op) that output row r of op reads (through a streamed chain)."""
     a = window(g, op, r)[0]
     t = op.inputs[0]
-    while t in stream:
+    while t in stream and g.producer(t) is not None:
         p = g.ops[g.producer(t)]
         a = window(g, p, a)[0]
         t = p.inputs[0]
@@ -284,9 +284,21 @@ def grad_chunk_bytes(g, op, channels):
 
 # ---------------- sizes ----------------
 
+_SCRATCH = {}   # _kernel_scratch by op geometry: the planner's trials ask again and again
+
+
 def _kernel_scratch(g, op):
     """Bytes of forward kernel scratch op needs (tb_*_scratch_bytes of the device's kernels): the
     most that the whole op or any one-row call of it needs (it may run by rows)."""
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+    key = (op.kind, x.shape, y.shape, op.kernel, op.stride, g.out_geometry(op) if op.kind == "conv2d" else None,
+           x.zero_point, y.zero_point, op.act_min, op.act_max)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = _kernel_scratch_uncached(g, op)
+    return _SCRATCH[key]
+
+
+def _kernel_scratch_uncached(g, op):
     x = g.tensors[op.inputs[0]]
     if op.kind == "conv2d":
         _, _, pt, pl = g.out_geometry(op)
@@ -421,7 +433,7 @@ def _forward_demand(g, stream, consumers, steps):
             if work[i] != s or op.output in stream:
                 continue
             x = root(g, op, stream) if op.kind in ROW_KINDS else None
-            if x is not None and span[x][1] == s:
+            if x is not None and x not in stream and span[x][1] == s:
                 d -= size[x] + size[op.output] - _inplace_extent(g, op, stream)
             elif op.kind == "add" and any(span[t][1] == s for t in op.inputs):
                 d -= size[op.output]
@@ -429,7 +441,7 @@ def _forward_demand(g, stream, consumers, steps):
     return demand
 
 
-def _streamed(g, needs, consumers):
+def _streamed(g, needs, consumers, stream_input=None):
     """{tensor: rows} of the tensors to stream. A tensor may stream when a row op produces it, only
     the next op reads it (a row op that does not train its weights) and it has no gradient. Along
     each run of such tensors (consecutive ops), the subset that streams is the one giving the
@@ -447,20 +459,49 @@ def _streamed(g, needs, consumers):
         if j > i:
             runs.append(range(i, j))
         i = max(j, i + 1)
-    stream = {}
-    for run in runs:
-        around = range(max(0, run[0] - 2), min(len(g.ops), run[-1] + 3))
-        best = None
-        for bits in range(1 << len(run)):
-            trial = dict(stream)
-            for k, i in enumerate(run):
-                if bits >> k & 1:
-                    trial[g.ops[i].output] = window_rows(g, g.ops[i + 1])
-            demand = _forward_demand(g, trial, consumers, around)
-            if best is None or (max(demand), sum(demand)) < best[0]:
-                best = (max(demand), sum(demand)), trial
-        stream = best[1]
-    return stream
+
+    def choose(stream):
+        for run in runs:
+            around = range(max(0, run[0] - 2), min(len(g.ops), run[-1] + 3))
+            best = None
+            for bits in range(1 << len(run)):
+                trial = dict(stream)
+                for k, i in enumerate(run):
+                    if bits >> k & 1:
+                        trial[g.ops[i].output] = window_rows(g, g.ops[i + 1])
+                demand = _forward_demand(g, trial, consumers, around)
+                if best is None or (max(demand), sum(demand)) < best[0]:
+                    best = (max(demand), sum(demand)), trial
+            stream = best[1]
+        return stream
+
+    # the graph input streams where it can and that needs no more bytes live during the forward
+    # pass (its few rows instead of the whole image; but the first materialized output can no longer
+    # go over the image in place)
+    whole = None if stream_input else choose({})
+    if stream_input is False or not streams_input(g, consumers):
+        return whole if whole is not None else choose({})
+    streamed = choose({g.input: window_rows(g, g.ops[0])})
+    if stream_input:
+        return streamed
+    forward = range(len(g.ops))
+
+    def cost(stream):
+        demand = _forward_demand(g, stream, consumers, forward)
+        return max(demand), sum(demand)
+
+    return streamed if cost(streamed) <= cost(whole) else whole
+
+
+def streams_input(g, consumers=None):
+    """May the graph input stream (docs/blob-format.md, "Streamed input"): only op 0 reads it, a row
+    op that does not train its weights (so no backward step reads the input). Then the device runs
+    op 0, and the ops streaming from it, while the input transfer's rows arrive, keeping only the
+    rows op 0's window needs."""
+    consumers = _consumers(g) if consumers is None else consumers
+    op = g.ops[0]
+    return consumers[g.input] == [0] and op.kind in ROW_KINDS and op.inputs[0] == g.input \
+        and not op.train_weights
 
 
 # ---------------- the plan ----------------
@@ -483,15 +524,17 @@ class _Choices:
         return self.sliced, tuple(sorted(self.chunked.items())), tuple(sorted(self.positions.items()))
 
 
-def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True):
-    """Plan graph g's arena. wgrad_bytes bounds each weight-gradient chunk. overlap=False plans
+def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True, stream_input=None):
+    """Plan graph g's arena. wgrad_bytes bounds each weight-gradient chunk. stream_input: whether
+    the graph input streams (docs/blob-format.md, "Streamed input"): None where it can and that
+    needs no more bytes during the forward pass, True where it can, False never. overlap=False plans
     every buffer apart and keeps whole weights (no streaming, in-place op, sliced weights, nor
     chunked or in-place input gradient, nor an output gradient scaled by positions): the same
     results with more memory."""
     g.validate()
     needs = g.needs_output_grad()
     consumers = _consumers(g)
-    stream = _streamed(g, needs, consumers) if overlap else {}
+    stream = _streamed(g, needs, consumers, stream_input) if overlap else {}
     sliced = frozenset(op.name for op in g.ops if overlap and op.kind in SLICEABLE and partially_trained(op))
     choices = _Choices(sliced, {}, {})
 
@@ -680,7 +723,7 @@ def _layout(g, needs, consumers, stream, choices, wgrad_bytes, overlap):
             out = tensor_refs[op.output]["buffer"]
             if op.kind in ROW_KINDS:
                 x = root(g, op, stream)
-                if buffers[tensor_refs[x]["buffer"]].last == work_step[i]:
+                if x not in stream and buffers[tensor_refs[x]["buffer"]].last == work_step[i]:
                     may_overlap(out, tensor_refs[x]["buffer"], inplace_shift(g, op, stream))
             elif op.kind == "add":
                 dying = [x for x in op.inputs if buffers[tensor_refs[x]["buffer"]].last == i]

@@ -9,6 +9,9 @@
  *                      print "run ok USED" (USED: bytes of the arena the records wrote, params
  *                      region included, measured by painting the rest before the first record)
  *
+ * A streamed input (docs/blob-format.md) goes through tb_exec_input_data in pieces of INPUT_PIECE
+ * bytes, as the input transfer's data frames would bring it.
+ *
  * SCRIPT: records of u8 kind (0 infer, 1 train step), u8 0, u16 label, f32 lr, then the model's
  * input bytes. OUT: per record i32 status, then infer: u16 label, u16 n, i8 logits[n];
  * train: f32 loss, u16 label_pred, u32 step; finally u32 params_bytes and the params region. */
@@ -29,6 +32,7 @@ uint64_t tb_port_counter(void)
 }
 
 #define PAINT 0xA5u
+#define INPUT_PIECE 1001u /* bytes per piece of a streamed input */
 #define MAX_BLOBS 4096
 
 static uint8_t *blobs[MAX_BLOBS];
@@ -91,8 +95,22 @@ static void run(const char *script, const char *out_path, uint8_t *arena, uint32
         float lr;
         memcpy(&label, records + pos + 2, 2);
         memcpy(&lr, records + pos + 4, 4);
-        memcpy(tb_model_input(), records + pos + 8, info->input_bytes);
-        int32_t rc;
+        int32_t rc = 0;
+        if (tb_model_input_streams()) {
+            /* as the input transfer feeds it: in pieces that do not align with rows */
+            tb_exec_input_begin();
+            for (uint32_t at = 0; !rc && at < info->input_bytes; at += INPUT_PIECE) {
+                const uint32_t n = info->input_bytes - at < INPUT_PIECE ? info->input_bytes - at : INPUT_PIECE;
+                rc = tb_exec_input_data(records + pos + 8 + at, n);
+            }
+        } else {
+            memcpy(tb_model_input(), records + pos + 8, info->input_bytes);
+        }
+        if (rc != 0) {
+            fwrite(&rc, 4, 1, out);
+            fprintf(stderr, "status %d: %s\n", (int)rc, tb_exec_error());
+            continue;
+        }
         if (records[pos] == 0) {
             tb_infer_result r;
             rc = tb_exec_infer(&r);
