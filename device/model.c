@@ -503,17 +503,17 @@ static int check_forward(check *c, uint32_t i)
                             op->pad_top, op->pad_left, -in->zero_point, out->zero_point,
                             op->act_min, op->act_max, TB_ROUND_TFLITE}; /* scratch: any rounding */
         const tb_shape s = {in->h, in->w, in->c};
-        scratch = tb_conv2d_s8_scratch_bytes(&p, s);
+        scratch = tb_conv2d_s8_scratch_bytes(&p, s, out->c);
         for (int32_t r = 0; r < out->h; r++) {
             int32_t a, b;
             tb_model_window(m, op, r, &a, &b);
             p.pad_top = a - (r * op->stride_h - op->pad_top);
             const tb_shape rows = {b - a, in->w, in->c};
-            const int32_t need = tb_conv2d_s8_scratch_bytes(&p, rows);
+            const int32_t need = tb_conv2d_s8_scratch_bytes(&p, rows, out->c);
             if (need > scratch) scratch = need;
         }
     } else if (op->kind == TB_OP_POINTWISE) {
-        scratch = tb_pointwise_conv_s8_scratch_bytes(in->c);
+        scratch = tb_pointwise_conv_s8_scratch_bytes(in->c, out->c);
     }
     return work_buffer(c, "scratch", op->scratch, (uint64_t)scratch, scratch > 0);
 }

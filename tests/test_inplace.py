@@ -42,12 +42,12 @@ def run_rows(g, op, x, arena, x_at, y_at, rows):
                 C.ptr("int8_t", op.weights), C.ptr("int32_t", op.bias), C.ptr("int32_t", mult),
                 C.ptr("int32_t", shift), C.ptr("int8_t", ys))
         if op.kind == "conv2d":
-            scratch = C.scratch(C.lib.tb_conv2d_s8_scratch_bytes(p, C.shape(b - a, *xt.shape[1:])))
+            scratch = C.scratch(C.lib.tb_conv2d_s8_scratch_bytes(p, C.shape(b - a, *xt.shape[1:]), yt.shape[2]))
             C.check(C.lib.tb_conv2d_s8(*args, scratch), "conv2d")
         elif op.kind == "depthwise":
             C.check(C.lib.tb_depthwise_conv2d_s8(*args), "depthwise")
         else:
-            C.check(C.lib.tb_pointwise_conv_s8(*args, C.scratch(C.lib.tb_pointwise_conv_s8_scratch_bytes(xt.shape[2]))),
+            C.check(C.lib.tb_pointwise_conv_s8(*args, C.scratch(C.lib.tb_pointwise_conv_s8_scratch_bytes(xt.shape[2], yt.shape[2]))),
                     "pointwise")
     return arena[y_at:y_at + yt.size].view(np.int8).reshape(yt.shape).copy()
 

@@ -299,20 +299,20 @@ def _kernel_scratch(g, op):
 
 
 def _kernel_scratch_uncached(g, op):
-    x = g.tensors[op.inputs[0]]
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
     if op.kind == "conv2d":
         _, _, pt, pl = g.out_geometry(op)
-        p = conv_params(op.kernel, (op.stride, op.stride), (pt, pl), -x.zero_point,
-                        g.tensors[op.output].zero_point, op.act_min, op.act_max)
-        whole = _checks.lib.tb_conv2d_s8_scratch_bytes(p, _checks.shape(*x.shape))
+        p = conv_params(op.kernel, (op.stride, op.stride), (pt, pl), -x.zero_point, y.zero_point,
+                        op.act_min, op.act_max)
+        whole = _checks.lib.tb_conv2d_s8_scratch_bytes(p, _checks.shape(*x.shape), y.shape[2])
         calls = []
-        for r in range(g.tensors[op.output].shape[0]):
+        for r in range(y.shape[0]):
             a, b = window(g, op, r)
             p.pad_top = a - (r * op.stride - pt)
-            calls.append(_checks.lib.tb_conv2d_s8_scratch_bytes(p, _checks.shape(b - a, *x.shape[1:])))
+            calls.append(_checks.lib.tb_conv2d_s8_scratch_bytes(p, _checks.shape(b - a, *x.shape[1:]), y.shape[2]))
         return max(calls + [whole])
     if op.kind == "pointwise":
-        return _checks.lib.tb_pointwise_conv_s8_scratch_bytes(x.shape[2])
+        return _checks.lib.tb_pointwise_conv_s8_scratch_bytes(x.shape[2], y.shape[2])
     return 0
 
 

@@ -62,13 +62,13 @@ typedef struct {
  * mult/shift: per-output-channel requantization (TFLite QuantizeMultiplier format), rounded as
  * the tb_rounding says (TB_ROUND_TFLITE: TFLite Micro's results). */
 
-int32_t tb_pointwise_conv_s8_scratch_bytes(int32_t in_c);
+int32_t tb_pointwise_conv_s8_scratch_bytes(int32_t in_c, int32_t out_c);
 tb_status tb_pointwise_conv_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
                                tb_shape out, const int8_t *w, const int32_t *bias,
                                const int32_t *mult, const int32_t *shift,
                                int8_t *y, void *scratch);
 
-int32_t tb_conv2d_s8_scratch_bytes(const tb_conv_params *p, tb_shape in);
+int32_t tb_conv2d_s8_scratch_bytes(const tb_conv_params *p, tb_shape in, int32_t out_c);
 tb_status tb_conv2d_s8(const tb_conv_params *p, tb_shape in, const int8_t *x,
                        tb_shape out, const int8_t *w, const int32_t *bias,
                        const int32_t *mult, const int32_t *shift,

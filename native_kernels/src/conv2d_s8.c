@@ -18,12 +18,12 @@ static int32_t conv_k(const tb_conv_params *p, tb_shape in)
 }
 
 /* Same size on every build (the host plans the device's memory with it): what the DSP path uses. */
-int32_t tb_conv2d_s8_scratch_bytes(const tb_conv_params *p, tb_shape in)
+int32_t tb_conv2d_s8_scratch_bytes(const tb_conv_params *p, tb_shape in, int32_t out_c)
 {
-    if (p->kernel_h <= 0 || p->kernel_w <= 0 || in.c <= 0) return 0;
+    if (p->kernel_h <= 0 || p->kernel_w <= 0 || in.c <= 0 || out_c <= 0) return 0;
     const int32_t k = conv_k(p, in);
-    if (tb_gemm_use_quad(k)) return tb_gemm_quad_scratch_bytes(k) + TB_CONV_ROWS * tb_gemm_k4(k);
-    if (k <= TB_GEMM_TRIO_MAX_K) return tb_gemm_scratch_bytes(k) + TB_CONV_ROWS * tb_gemm_k4(k);
+    if (tb_gemm_use_quad(k)) return tb_gemm_quad_scratch_bytes(k, out_c) + TB_CONV_ROWS * tb_gemm_k4(k);
+    if (k <= TB_GEMM_TRIO_MAX_K) return tb_gemm_scratch_bytes(k, out_c) + TB_CONV_ROWS * tb_gemm_k4(k);
     return 0; /* longer rows that are not a multiple of 8: the plain path */
 }
 
@@ -98,7 +98,7 @@ static void conv2d_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb
     const tb_gemm_routines *run = tb_gemm_routines_for(p->rounding);
     if (tb_gemm_use_quad(k)) {
         int32_t *rq = xs + 3 * k;
-        int8_t *rows = (int8_t *)(rq + 4 * (TB_GEMM_QUAD_BLOCK + 1));
+        int8_t *rows = (int8_t *)(rq + tb_gemm_quad_constant_words(oc));
         int8_t spill[4 * TB_GEMM_QUAD_BLOCK];
         const int32_t off2 = (int32_t)(((uint32_t)(2 * p->input_offset) & 0xFFFFu) |
                                        ((uint32_t)(2 * p->input_offset) << 16));
@@ -131,7 +131,7 @@ static void conv2d_dsp(const tb_conv_params *p, tb_shape in, const int8_t *x, tb
         return;
     }
     int32_t *ws = xs + 3 * k4 / 2;
-    int8_t *rows = (int8_t *)(ws + (TB_GEMM_BLOCK / 2) * tb_gemm_duo_words(k4));
+    int8_t *rows = (int8_t *)(ws + tb_gemm_stream_words(k4, oc));
     for (int32_t c0 = 0; c0 < oc; c0 += TB_GEMM_BLOCK) {
         const int32_t c1 = oc - c0 < TB_GEMM_BLOCK ? oc : c0 + TB_GEMM_BLOCK;
         tb_dsp_gemm_weights(w, k, c0, c1, bias, mult, shift, p->output_offset, ws);

@@ -5,11 +5,11 @@
 #include "tb_dsp_gemm.h"
 
 /* Same size on every build (the host plans the device's memory with it): what the DSP path uses. */
-int32_t tb_pointwise_conv_s8_scratch_bytes(int32_t in_c)
+int32_t tb_pointwise_conv_s8_scratch_bytes(int32_t in_c, int32_t out_c)
 {
-    if (in_c <= 0) return 0;
-    if (tb_gemm_use_quad(in_c)) return tb_gemm_quad_scratch_bytes(in_c);
-    if (in_c <= TB_GEMM_TRIO_MAX_K) return tb_gemm_scratch_bytes(in_c);
+    if (in_c <= 0 || out_c <= 0) return 0;
+    if (tb_gemm_use_quad(in_c)) return tb_gemm_quad_scratch_bytes(in_c, out_c);
+    if (in_c <= TB_GEMM_TRIO_MAX_K) return tb_gemm_scratch_bytes(in_c, out_c);
     return 0; /* longer rows that are not a multiple of 8: the plain path */
 }
 

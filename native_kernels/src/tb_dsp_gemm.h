@@ -34,12 +34,20 @@ static inline int32_t tb_gemm_duo_words(int32_t k4)
     return 2 + k4 + 6;
 }
 
+/* words of the weight stream of one block of a call with oc output channels: a block holds
+ * at most TB_GEMM_BLOCK of them, so an op with fewer needs no room for the rest */
+static inline int32_t tb_gemm_stream_words(int32_t k4, int32_t oc)
+{
+    const int32_t block = oc < TB_GEMM_BLOCK ? oc : TB_GEMM_BLOCK;
+    return (block + 1) / 2 * tb_gemm_duo_words(k4);
+}
+
 /* scratch of the trio scheme: three positions' inputs (3 k4 / 2 words), the block's weight
  * stream, 16 bytes for alignment */
-static inline int32_t tb_gemm_scratch_bytes(int32_t k)
+static inline int32_t tb_gemm_scratch_bytes(int32_t k, int32_t oc)
 {
     const int32_t k4 = tb_gemm_k4(k);
-    return 4 * (3 * k4 / 2) + 4 * (TB_GEMM_BLOCK / 2) * tb_gemm_duo_words(k4) + 16;
+    return 4 * (3 * k4 / 2) + 4 * tb_gemm_stream_words(k4, oc) + 16;
 }
 
 /* The quad scheme, for long rows (k > TB_GEMM_TRIO_MAX_K, k a multiple of 8): 4 positions x 1
@@ -53,10 +61,17 @@ static inline int tb_gemm_use_quad(int32_t k)
     return k > TB_GEMM_TRIO_MAX_K && k % 8 == 0;
 }
 
-/* quad and hexa (6 positions) share the scratch: inputs of 6 positions, constants, alignment */
-static inline int32_t tb_gemm_quad_scratch_bytes(int32_t k)
+/* words of the constants of one block of a call with oc output channels (4 a channel, one more
+ * channel's room at the end) */
+static inline int32_t tb_gemm_quad_constant_words(int32_t oc)
 {
-    return 12 * k + 16 * (TB_GEMM_QUAD_BLOCK + 1) + 16;
+    return 4 * ((oc < TB_GEMM_QUAD_BLOCK ? oc : TB_GEMM_QUAD_BLOCK) + 1);
+}
+
+/* quad and hexa (6 positions) share the scratch: inputs of 6 positions, constants, alignment */
+static inline int32_t tb_gemm_quad_scratch_bytes(int32_t k, int32_t oc)
+{
+    return 12 * k + 4 * tb_gemm_quad_constant_words(oc) + 16;
 }
 
 #if TB_DSP

@@ -53,7 +53,7 @@ def pointwise_conv(x, w, bias, mult, shift, *, input_offset, output_offset, act_
     p = conv_params(input_offset=input_offset, output_offset=output_offset, act_min=act_min, act_max=act_max,
                     rounding=rounding)
     y = np.empty((h, wd, co), np.int8)
-    scratch = C.scratch(lib.tb_pointwise_conv_s8_scratch_bytes(ci))
+    scratch = C.scratch(lib.tb_pointwise_conv_s8_scratch_bytes(ci, co))
     C.check(lib.tb_pointwise_conv_s8(p, C.shape(h, wd, ci), C.ptr("int8_t", x), C.shape(h, wd, co),
                                      C.ptr("int8_t", w), C.ptr("int32_t", bias), C.ptr("int32_t", mult),
                                      C.ptr("int32_t", shift), C.ptr("int8_t", y), scratch),
@@ -84,7 +84,7 @@ def conv2d(x, w, bias, mult, shift, *, stride=1, padding="same", input_offset, o
     bias, mult, shift = _requant_arrays(co, bias, mult, shift)
     p = conv_params((kh, kw), (stride, stride), (pt, pl), input_offset, output_offset, act_min, act_max, rounding)
     y = np.empty((oh, ow, co), np.int8)
-    scratch = C.scratch(lib.tb_conv2d_s8_scratch_bytes(p, C.shape(h, wd, ci)))
+    scratch = C.scratch(lib.tb_conv2d_s8_scratch_bytes(p, C.shape(h, wd, ci), co))
     C.check(lib.tb_conv2d_s8(p, C.shape(h, wd, ci), C.ptr("int8_t", x), C.shape(oh, ow, co),
                              C.ptr("int8_t", w), C.ptr("int32_t", bias), C.ptr("int32_t", mult),
                              C.ptr("int32_t", shift), C.ptr("int8_t", y), scratch), "conv2d")
