@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tinybridge import armbuild, graph, qemu, transport
+from tinybridge import armbuild, graph, plan, qemu, transport
 from tinybridge.model import Model
 from tinybridge.protocol import Command, Kind, encode_frame
 
@@ -22,6 +22,16 @@ BOARDS = {"sim": ("sim", "ns"), "qemu": ("qemu-mps2-an500", "instructions")}
 def tiny_blob(seed=0):
     """A small valid model blob (tests/tiny_model.py's sparse tiny_cnn, 32x32x1, 2 classes)."""
     return tiny_model.sparse_model(seed=seed).to_bytes()
+
+
+@functools.lru_cache(maxsize=None)
+def streamed_blob():
+    """tiny_blob()'s model with its input streamed: conv1 (training its bias) runs
+    while the 32x32x1 input arrives, through a ring of 3 rows (96 bytes instead of 1,024)."""
+    m = tiny_model.sparse_model()
+    m = Model(m.graph, plan.plan(m.graph, stream_input=True))
+    assert m.plan.stream_rows[m.graph.input] == 3
+    return m.to_bytes()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,18 +1,19 @@
 """Fuzzing the sanitized sim: garbage, truncated frames, bit flips, oversized frames, wrong
 versions and sequence numbers, random commands and payloads, corrupt and truncated blobs, wrong
-image sizes and labels. The device must never crash or hang, answer every request it can parse,
+image sizes and labels, inputs cut anywhere (also of a model whose input streams). The device must never crash or hang, answer every request it can parse,
 still answer HELLO afterwards, and keep its model. Seeded and bounded (a few thousand frames)."""
 import binascii
 import random
 import struct
 import time
 
+import numpy as np
 import pytest
 
 import tinybridge as tb
 from tinybridge.protocol import MAX_PAYLOAD, Command, Kind, Slot, encode_frame
 
-from sim_helpers import faces, tiny_blob
+from sim_helpers import faces, streamed_blob, tiny_blob
 
 ROUNDS = 4000
 TIME_LIMIT = 40.0  # seconds; the loop stops early rather than overrun
@@ -73,11 +74,32 @@ def input_attack(dev, rng):
     assert frame.status == 4 and b"out of range" in frame.payload
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_fuzz_device_survives(seed):
+def partial_input(dev, rng):
+    """An input of the right size cut at any byte in pieces of any size, announced with its CRC or
+    another: only a whole one with its CRC commits and can be run (a streamed input's rows have
+    been computed along the way)."""
+    size = int(np.prod(dev.model.input_shape))
+    data = bytes(rng.randrange(256) for _ in range(size))
+    crc = binascii.crc32(data) if rng.random() < 0.6 else rng.randrange(1 << 32)
+    assert dev.client.request(Command.XFER_BEGIN, struct.pack("<BII", Slot.INPUT, size, crc)) == b"\0\0\0\0"
+    end = size if rng.random() < 0.6 else rng.randrange(size)
+    offset = 0
+    while offset < end:
+        cut = min(end, offset + rng.randrange(1, 700))
+        dev.client.request(Command.XFER_DATA, struct.pack("<BI", Slot.INPUT, offset) + data[offset:cut])
+        offset = cut
+    commit = dev.client.call(Command.XFER_COMMIT, bytes([Slot.INPUT])).status
+    whole = end == size and crc == binascii.crc32(data)
+    assert commit == (0 if whole else 13 if end < size else 10)  # INCOMPLETE, CRC_MISMATCH
+    run = rng.choice(((Command.INFER, b""), (Command.TRAIN_STEP, struct.pack("<Hf", 1, 0.0))))
+    assert dev.client.call(*run).status == (0 if whole else 6)  # NO_INPUT
+
+
+@pytest.mark.parametrize("seed, blob", [(1, tiny_blob), (2, tiny_blob), (3, tiny_blob), (4, streamed_blob)])
+def test_fuzz_device_survives(seed, blob):
     rng = random.Random(seed)
     with tb.connect("sim") as dev:
-        dev.load_model(tiny_blob(), progress=False)
+        dev.load_model(blob(), progress=False)
         crc = dev.info()["model_crc32"]
         images, labels = faces(2)
         start = time.monotonic()
@@ -111,10 +133,12 @@ def test_fuzz_device_survives(seed):
                 # a wrong (old) sequence number with a new payload is a new request: answered
                 dev.transport.write(encode_frame(Kind.REQUEST, (seq - 5) & 0xFFFF, Command.STATS))
                 assert dev.client.wait({(seq - 5) & 0xFFFF}, 5.0) is not None
-            elif action < 0.95:
+            elif action < 0.93:
                 blob_attack(dev, rng)
-            else:
+            elif action < 0.96:
                 input_attack(dev, rng)
+            else:
+                partial_input(dev, rng)
             if i % 50 == 0:
                 assert dev.info()["model_crc32"] == crc
         info = dev.info()

@@ -4,31 +4,20 @@ ring of a few rows, and INFER / TRAIN_STEP start after them. The same numbers as
 frames cut anywhere in a row, resumed, CRC-checked, cancelled by a params commit; a model whose
 first layer trains its weights keeps its input whole. On the sim and on the firmware under QEMU."""
 import binascii
-import functools
 import struct
 
 import numpy as np
 import pytest
 
 import tinybridge as tb
-from tinybridge import plan, simulate
+from tinybridge import simulate
 from tinybridge.model import Model
 from tinybridge.protocol import Command, Slot, u32
 
 import tiny_model
-from sim_helpers import TcpSim, faces
+from sim_helpers import TcpSim, faces, streamed_blob
 
 TRAIN_STEP = struct.Struct("<fHI")
-
-
-@functools.lru_cache(maxsize=None)
-def streamed_blob():
-    """tests/tiny_model.py's sparse model with its input streamed: conv1 (training its bias) runs
-    while the 32x32x1 input arrives, through a ring of 3 rows (96 bytes instead of 1,024)."""
-    m = tiny_model.sparse_model()
-    m = Model(m.graph, plan.plan(m.graph, stream_input=True))
-    assert m.plan.stream_rows[m.graph.input] == 3
-    return m.to_bytes()
 
 
 def streamed_model():
