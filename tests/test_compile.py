@@ -13,7 +13,7 @@ import model_harness as H
 import tiny_model
 import tinybridge
 import zoo_reference as Z
-from tinybridge import compiler, graph, preprocess, simulate
+from tinybridge import compiler, graph, plan, preprocess, simulate
 from tinybridge.model import Model
 
 ARENA = 256 * 1024                       # TB_ARENA_BYTES
@@ -101,7 +101,7 @@ def test_every_scheme_compiles_validates_and_fits(name):
     tinybridge.simulate does (parameters byte for byte), and the planned peak is at or under the
     paper's figure where the trained parameters allow it."""
     schemes = compiler.zoo_schemes(name)
-    models = {s: compiler.compile(name, num_classes=2, update=s) for s in schemes}
+    models = {s: compiler.compile(name, num_classes=2, update=s, arena_budget=None) for s in schemes}
     results = H.load_many([m.to_bytes() for m in models.values()], ARENA)
     x = image("chelsea")
     for (scheme, m), (status, got) in zip(models.items(), results):
@@ -114,6 +114,9 @@ def test_every_scheme_compiles_validates_and_fits(name):
         assert params == sim.params(), scheme
         if scheme in BEATS_PAPER[name]:
             assert m.memory.sram <= PAPER[name], (scheme, m.memory.sram)
+        # the default plan spends the device's arena on speed, the parameters as they are
+        fast = Model(m.graph, plan.plan(m.graph, arena_budget=plan.DEVICE_ARENA_BYTES))
+        assert m.memory.sram <= fast.memory.sram <= ARENA and fast.memory.params == m.memory.params
         # the paper's sparse schemes train nothing of the first conv's weights: the input streams
         assert m.plan.stream_rows.get(m.graph.input) == 3, scheme
         # the backward pass stops at the earliest trained op: nothing before it has a gradient
@@ -224,14 +227,17 @@ def test_input_shape_changes_the_resolution():
     assert H.load_many([m.to_bytes()], ARENA)[0][0] == 0
 
 
-def test_a_zoo_model_trains_on_sim_like_the_host_simulation():
+@pytest.mark.parametrize("arena_budget", [None, plan.DEVICE_ARENA_BYTES], ids=["smallest", "fastest"])
+def test_a_zoo_model_trains_on_sim_like_the_host_simulation(arena_budget):
     """mcunet-5fps with a two-class head (faces or not), scheme 49kb: a few steps on the sim device
-    (streamed, in-place, chunked and sliced buffers) leave the same parameters as tinybridge.simulate."""
+    (streamed, in-place and sliced buffers; chunked in the smallest plan) leave the same parameters
+    as tinybridge.simulate."""
     faces = data.lfw_subset()
     images = [preprocess.resize(faces[i], (128, 128, 3)) for i in (0, 150, 1, 151)]
     labels = [1, 0, 1, 0]
-    model = compiler.compile("mcunet-5fps", num_classes=2, update="49kb")
-    assert model.plan.stream_rows and model.plan.grad_chunk and any(model.plan.sliced(op) for op in model.graph.ops)
+    model = compiler.compile("mcunet-5fps", num_classes=2, update="49kb", arena_budget=arena_budget)
+    assert model.plan.stream_rows and any(model.plan.sliced(op) for op in model.graph.ops)
+    assert bool(model.plan.grad_chunk) == (arena_budget is None)
     sim = simulate.Simulator(model)
     with tinybridge.connect("sim") as dev:
         dev.load_model(model, progress=False)

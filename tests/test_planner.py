@@ -19,7 +19,7 @@ rng = np.random.default_rng(7)
 def zoo_small():
     """mcunet-5fps at 64x64 with scheme 74kb: streamed chains, in-place ops, chunked input gradients
     and sliced weights, small enough to run quickly."""
-    m = compiler.compile("mcunet-5fps", num_classes=2, update="74kb", input_shape=(64, 64, 3))
+    m = compiler.compile("mcunet-5fps", num_classes=2, update="74kb", input_shape=(64, 64, 3), arena_budget=None)
     images = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     return m, images
 
@@ -51,6 +51,33 @@ def test_the_device_computes_the_same_with_and_without_overlaps(zoo_small):
         results.append(got)
     for a, b in zip(*results):
         assert a[:3] == b[:3] and (a[0] == "train" or np.array_equal(a[3], b[3]))
+
+
+def test_an_arena_budget_buys_fewer_passes(zoo_small):
+    """The smallest plan pays instructions for bytes (input gradients in two passes, output
+    gradients scaled a few positions at a time); a budget undoes what it can afford, the
+    device's whole arena all of it, and never touches the params region."""
+    m, images = zoo_small
+    smallest, g = m.plan, m.graph
+    assert smallest.grad_chunk and smallest.scale_positions
+    fast = plan.plan(g, arena_budget=plan.DEVICE_ARENA_BYTES)
+    assert not fast.grad_chunk and not fast.scale_positions
+    assert smallest.arena_bytes < fast.arena_bytes <= plan.DEVICE_ARENA_BYTES
+    assert fast.params_bytes == smallest.params_bytes and not fast.conflicts()
+    middle = (smallest.arena_bytes + fast.arena_bytes) // 2
+    between = plan.plan(g, arena_budget=middle)
+    assert smallest.arena_bytes <= between.arena_bytes <= middle
+    assert 0 < len(between.grad_chunk) + len(between.scale_positions) < \
+        len(smallest.grad_chunk) + len(smallest.scale_positions)
+    assert plan.plan(g, arena_budget=1).arena_bytes == smallest.arena_bytes  # below it: the smallest
+    # the same training on the device's executor
+    model = Model(g, fast)
+    recs = [H.Record("train", model.input_tensor(x), i % 2, 0.0) for i, x in enumerate(images[:2])]
+    _, _, params, _, _ = H.run([model.to_bytes()], recs, plan.DEVICE_ARENA_BYTES)
+    sim = simulate.Simulator(model)
+    for r in recs:
+        sim.train_step(r.x, r.label)
+    assert params == sim.params()
 
 
 def test_the_loader_rejects_unsafe_overlaps(zoo_small):

@@ -260,6 +260,20 @@ def test_loading_the_running_blob_again_writes_only_its_params(dev):
     assert uploads[-1] == (Slot.MODEL, len(tiny_blob(seed=1)))
 
 
+def test_loading_the_running_blob_again_uploads_it_where_its_params_do_not_fit_the_slot(sim_dev):
+    """A model over 512 KB leaves a 32 KB checkpoint slot: MCUNet's 74kb scheme (50 KB of
+    parameters) is committed again instead."""
+    model = tb.compile("mcunet-5fps", num_classes=2, update="74kb")
+    assert model.memory.params > 32 * 1024 and model.memory.flash > 512 * 1024
+    uploads = []
+    upload = sim_dev.client.upload
+    sim_dev.client.upload = lambda slot, data, **kw: uploads.append(slot) or upload(slot, data, **kw)
+    for _ in range(2):
+        assert sim_dev.load_model(model, progress=False).step == 0
+        assert sim_dev.read_params() == model.params_region()
+    assert uploads == [Slot.MODEL, Slot.PARAMS, Slot.MODEL]
+
+
 def test_save_alternates_slots_and_counts_generations(dev):
     dev.load_model(tiny_blob(), progress=False)
     for generation in range(1, 5):

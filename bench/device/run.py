@@ -14,7 +14,7 @@ import argparse
 import binascii
 
 import tinybridge
-from tinybridge import bench, compiler, datasets, qemu
+from tinybridge import bench, compiler, datasets, plan, qemu
 
 KB = 1024
 M = 1e6
@@ -27,8 +27,8 @@ SCHEMES = {"mbv2-w0.35": ["49kb", "73kb", "99kb", "123kb", "138kb"],
            "proxyless-w0.3": ["49kb", "74kb", "98kb", "120kb", "148kb"]}
 
 
-def measure(name, scheme, num_classes, steps, images, labels):
-    model = compiler.compile(name, num_classes=num_classes, update=scheme)
+def measure(name, scheme, num_classes, steps, images, labels, arena_budget):
+    model = compiler.compile(name, num_classes=num_classes, update=scheme, arena_budget=arena_budget)
     blob = model.to_bytes()
     with tinybridge.Device(qemu.QemuTransport(elf=qemu.build_firmware(model=model)), timeout=60) as dev:
         assert dev.model is not None and dev.model.crc32 == binascii.crc32(blob), "the baked-in model did not load"
@@ -41,6 +41,8 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=int, default=10, help="the new head (the paper's schemes: 10)")
     parser.add_argument("--steps", type=int, default=3, help="training steps (and inferences) per model")
     parser.add_argument("--top", type=int, default=5, help="costliest ops of a training step listed per model")
+    parser.add_argument("--smallest", action="store_true",
+                        help="the smallest plans (docs/benchmarks.md, \"Memory\"), not the fastest that fit the device")
     args = parser.parse_args(argv)
     qemu.require_qemu()
     data = datasets.lfw_faces((128, 128, 3))
@@ -53,7 +55,8 @@ def main(argv=None):
     for rank in ranks:
         for name in sorted(PAPER_MS):
             scheme = SCHEMES[name][rank - 1]
-            model, r = measure(name, scheme, args.num_classes, args.steps, images, labels)
+            model, r = measure(name, scheme, args.num_classes, args.steps, images, labels,
+                               None if args.smallest else plan.DEVICE_ARENA_BYTES)
             paper = PAPER_MS[name] * PAPER_MHZ * 1e3
             print("| %s | %s | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f |" % (
                 name, scheme, r.train / M, paper / M, r.train / paper, r.infer / M,

@@ -24,7 +24,7 @@ def main():
     for name in compiler.ZOO:
         for scheme in compiler.zoo_schemes(name):
             t = time.time()
-            model = compiler.compile(name, num_classes=2, update=scheme)
+            model = compiler.compile(name, num_classes=2, update=scheme, arena_budget=None)
             seconds = time.time() - t
             mem = model.memory
             apart = Model(model.graph, plan.plan(model.graph, overlap=False)).memory.sram

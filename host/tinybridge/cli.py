@@ -71,9 +71,11 @@ def cmd_info(args):
 
 
 def cmd_compile(args):
+    from . import plan as P
     from .compiler import compile as compile_model
 
-    model = compile_model(args.source, num_classes=args.num_classes, update=args.update)
+    model = compile_model(args.source, num_classes=args.num_classes, update=args.update,
+                          arena_budget=None if args.smallest else P.DEVICE_ARENA_BYTES)
     mem = model.memory
     if args.report:
         print(model.plan.report(model.graph))
@@ -285,6 +287,8 @@ def parser():
                         "(default: nothing, an inference model)")
     s.add_argument("--out", help="write the model blob here")
     s.add_argument("--report", action="store_true", help="print the memory plan step by step and its peak")
+    s.add_argument("--smallest", action="store_true",
+                   help="plan the smallest arena (default: the fastest plan that fits the device's 256 KB)")
     s.set_defaults(run=cmd_compile)
     s = sub.add_parser("load", help="upload and commit a model blob")
     s.add_argument("blob")

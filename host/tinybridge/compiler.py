@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import graph as G
+from . import plan as P
 from . import quant
 from .kernels import _checks
 from .model import Model
@@ -46,7 +47,8 @@ class SparseUpdate:
     weights: dict = field(default_factory=dict)
 
 
-def compile(source, *, num_classes, update, calibration=None, input_shape=None):
+def compile(source, *, num_classes, update, calibration=None, input_shape=None,
+            arena_budget=P.DEVICE_ARENA_BYTES):
     """A Model of `source` with a new `num_classes`-way classifier, training as `update` says.
 
     source: "mbv2-w0.35", "mcunet-5fps", "proxyless-w0.3", a path to an int8 .tflite file, or a
@@ -56,7 +58,10 @@ def compile(source, *, num_classes, update, calibration=None, input_shape=None):
     update: a scheme name of the zoo model ("49kb", ...: sparse_schemes.json), "bias" (every
     bias), "last:N" (the last N weighted ops, classifier included, fully), "full", a SparseUpdate,
     or None (nothing trains: an inference model).
-    input_shape: (H, W, C) of the zoo models (default 128x128x3) and of torch modules."""
+    input_shape: (H, W, C) of the zoo models (default 128x128x3) and of torch modules.
+    arena_budget: the arena the plan may take to save instructions (tinybridge.plan.plan); the
+    default, the device's whole arena, gives the fastest plan that fits it; None the smallest
+    arena (what docs/benchmarks.md "Memory" compares with the paper)."""
     g = _load(source, calibration, input_shape)
     if num_classes is not None:
         _replace_head(g, num_classes)
@@ -66,7 +71,7 @@ def compile(source, *, num_classes, update, calibration=None, input_shape=None):
     _fit_accumulators(g)
     g.lr = DEFAULT_LR
     g.validate()
-    return Model(g)
+    return Model(g, P.plan(g, arena_budget=arena_budget))
 
 
 # ---------------- sources ----------------

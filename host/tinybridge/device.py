@@ -135,15 +135,21 @@ class Device:
         """Uploads a model blob (bytes, a file path, or a compiled Model), commits it and returns
         its ModelInfo; the model starts from its initial parameters. When the device already runs
         this very blob, only those parameters are written (write_params: kilobytes instead of the
-        blob's hundreds, which take seconds to minutes over a serial link). Resumes an interrupted
-        upload of the same blob."""
+        blob's hundreds, which take seconds to minutes over a serial link) where its checkpoint
+        slot holds them. Resumes an interrupted upload of the same blob."""
         blob = _blob_bytes(model_or_path)
         if self._runs_blob(blob):
             from .model import Model
 
             self.model = _parse_model_info(self.client.request(Command.MODEL_INFO))
-            self.write_params(Model.from_bytes(blob).params_region())
-            return self.model
+            try:
+                self.write_params(Model.from_bytes(blob).params_region())
+                return self.model
+            except DeviceError as e:
+                if e.name != "TOO_LARGE":
+                    raise
+                # the checkpoint slot beside this model is smaller than its parameters (a model
+                # over 512 KB leaves 32 KB, docs/protocol.md "Flash"): commit the blob again
         bar = ProgressBar(len(blob), "upload") if progress else None
         try:
             self.client.upload(Slot.MODEL, blob, progress=bar.update_to if bar else None)

@@ -60,6 +60,7 @@ ROLE_OF = {"buffer": "activation", "mask": "mask", "grad": "gradient", "scratch"
 EXACT = None            # Buffer.over: an overlap allowed only at the same offset
 ANYWHERE = -float("inf")  # Buffer.over: any overlap (scratch of ops taking turns)
 MAX_RUN = 6             # streamable tensors weighed together
+DEVICE_ARENA_BYTES = 256 * 1024  # every device's arena (device/runtime.h TB_ARENA_BYTES; HELLO's arena_bytes)
 MAX_TRIALS = 64         # rounds of trying whole weights, (smaller) chunks or positions at the peak
 PEAK_STEPS = 3          # the steps needing the most memory where those are tried, in turn
 
@@ -524,13 +525,16 @@ class _Choices:
         return self.sliced, tuple(sorted(self.chunked.items())), tuple(sorted(self.positions.items()))
 
 
-def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True, stream_input=None):
+def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True, stream_input=None, arena_budget=None):
     """Plan graph g's arena. wgrad_bytes bounds each weight-gradient chunk. stream_input: whether
     the graph input streams (docs/blob-format.md, "Streamed input"): None where it can and that
-    needs no more bytes during the forward pass, True where it can, False never. overlap=False plans
-    every buffer apart and keeps whole weights (no streaming, in-place op, sliced weights, nor
-    chunked or in-place input gradient, nor an output gradient scaled by positions): the same
-    results with more memory."""
+    needs no more bytes during the forward pass, True where it can, False never. arena_budget: None
+    for the smallest arena; else bytes the arena may take to save instructions (input gradients
+    in one pass, output gradients scaled all positions at once, as far as the budget allows;
+    DEVICE_ARENA_BYTES: the fastest plan that fits the device).
+    overlap=False plans every buffer apart and keeps whole weights (no streaming, in-place op,
+    sliced weights, nor chunked or in-place input gradient, nor an output gradient scaled by
+    positions): the same results with more memory."""
     g.validate()
     needs = g.needs_output_grad()
     consumers = _consumers(g)
@@ -544,6 +548,13 @@ def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True, stream_input=None)
     best = layout(choices)
     if not overlap:
         return best
+    if arena_budget is None or best.arena_bytes > arena_budget:
+        best, choices = _smallest(g, needs, layout, best, choices)
+    return _relaxed(g, layout, best, choices, max(best.arena_bytes, arena_budget or 0))
+
+
+def _smallest(g, needs, layout, best, choices):
+    """The search for the smallest arena, from plan `best` of `choices`: (plan, choices)."""
     # at the peak step (when that gives nothing, the next ones) try whole weights for a sliced op,
     # chunks for an input gradient or an output gradient scaled a position at a time; go on with the
     # trial needing the fewest bytes at its peak step (not the arena, which a placement may miss
@@ -567,12 +578,18 @@ def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True, stream_input=None)
         best, choices = better
         if best.arena_bytes < smallest[0].arena_bytes:
             smallest = better
-    best, choices = smallest
-    # a chunked input gradient costs a second pass, an output gradient scaled by positions more
-    # calls of the input-gradient kernel: keep only those the arena needs, with the most positions
+    return smallest
+
+
+def _relaxed(g, layout, best, choices, arena_bytes):
+    """Plan `best` of `choices` with what costs instructions undone as far as an arena of
+    `arena_bytes` allows: a chunked input gradient costs a second pass, an output gradient scaled
+    by positions more calls of the input-gradient kernel; keeps only those the arena needs, with
+    the most positions. Sliced weights stay: they keep the params region, and so the checkpoint
+    in flash, small (a model over 512 KB leaves 32 KB for it: docs/protocol.md, "Flash")."""
     for name in list(choices.chunked):
         trial = layout(choices.without("chunked", name))
-        if trial.arena_bytes <= best.arena_bytes:
+        if trial.arena_bytes <= arena_bytes:
             best, choices = trial, choices.without("chunked", name)
     for name in list(choices.positions):
         n_pos = g.tensors[g.op(name).output].size // g.tensors[g.op(name).output].shape[2]
@@ -583,7 +600,7 @@ def plan(g, *, wgrad_bytes=DEFAULT_WGRAD_BYTES, overlap=True, stream_input=None)
             k //= 2
         for trial_choices in candidates:
             trial = layout(trial_choices)
-            if trial.arena_bytes <= best.arena_bytes:
+            if trial.arena_bytes <= arena_bytes:
                 best, choices = trial, trial_choices
                 break
     return best
