@@ -583,27 +583,32 @@ def _smallest(g, needs, layout, best, choices):
 
 def _relaxed(g, layout, best, choices, arena_bytes):
     """Plan `best` of `choices` with what costs instructions undone as far as an arena of
-    `arena_bytes` allows: a chunked input gradient costs a second pass, an output gradient scaled
-    by positions more calls of the input-gradient kernel; keeps only those the arena needs, with
-    the most positions. Sliced weights stay: they keep the params region, and so the checkpoint
-    in flash, small (a model over 512 KB leaves 32 KB for it: docs/protocol.md, "Flash")."""
-    for name in list(choices.chunked):
-        trial = layout(choices.without("chunked", name))
-        if trial.arena_bytes <= arena_bytes:
-            best, choices = trial, choices.without("chunked", name)
-    for name in list(choices.positions):
-        n_pos = g.tensors[g.op(name).output].size // g.tensors[g.op(name).output].shape[2]
-        candidates = [choices.without("positions", name)]
-        k = n_pos // 2
-        while k > choices.positions[name]:
-            candidates.append(choices.including("positions", name, k))
-            k //= 2
-        for trial_choices in candidates:
-            trial = layout(trial_choices)
-            if trial.arena_bytes <= arena_bytes:
-                best, choices = trial, trial_choices
-                break
+    `arena_bytes` allows: a chunked input gradient costs a second pass and a kernel call per chunk,
+    an output gradient scaled by positions a call of the input-gradient kernel per chunk; keeps
+    only those the arena needs, in the largest chunks it allows. Sliced weights stay: they keep the
+    params region, and so the checkpoint in flash, small (a model over 512 KB leaves 32 KB for it:
+    docs/protocol.md, "Flash")."""
+    wholes = {"chunked": lambda op: g.tensors[op.inputs[0]].shape[2],     # input channels
+              "positions": lambda op: g.tensors[op.output].size // g.tensors[op.output].shape[2]}
+    for field, whole in wholes.items():
+        for name in list(getattr(choices, field)):
+            for trial_choices in _loosened(choices, field, name, whole(g.op(name))):
+                trial = layout(trial_choices)
+                if trial.arena_bytes <= arena_bytes:
+                    best, choices = trial, trial_choices
+                    break
     return best
+
+
+def _loosened(choices, field, name, whole):
+    """`choices` with op `name`'s split in `field` (chunked, positions) undone, then split into
+    ever smaller parts of `whole`, down to the present size: the candidates, cheapest first."""
+    out = [choices.without(field, name)]
+    k = whole // 2
+    while k > getattr(choices, field)[name]:
+        out.append(choices.including(field, name, k))
+        k //= 2
+    return out
 
 
 def _trials(g, needs, p, choices, step):
