@@ -262,6 +262,11 @@ def test_cli_compile_reports_the_plan(tmp_path):
     assert any(line.endswith("<- peak") for line in lines)
     assert lines[-2].startswith("peak: ") and "arena %d bytes" % model.memory.sram in lines[-2]
     assert "blocks.1.pointwise1" in p.stdout and "64x64x8 -> 64x64x32" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "tinybridge.cli", "compile", "mcunet-5fps", "--num-classes", "2",
+                        "--update", "49kb", "--out", str(out), "--smallest"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    smallest = Model.load(out)
+    assert smallest.memory.sram < model.memory.sram and "arena %d bytes" % smallest.memory.sram in p.stdout
     p = subprocess.run([sys.executable, "-m", "tinybridge.cli", "compile", "mcunet-5fps", "--update", "1kb"],
                        capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr.startswith("tinybridge: error: unknown update '1kb'")

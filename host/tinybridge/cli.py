@@ -70,12 +70,23 @@ def cmd_info(args):
             print("stats.%-12s %s" % (key, value))
 
 
+def add_smallest(parser):
+    parser.add_argument("--smallest", action="store_true",
+                        help="plan the smallest arena (default: the fastest plan that fits the device's 256 KB)")
+
+
+def arena_budget(args):
+    """compile's arena_budget for --smallest: None (the smallest arena), else the device's arena."""
+    from .plan import DEVICE_ARENA_BYTES
+
+    return None if args.smallest else DEVICE_ARENA_BYTES
+
+
 def cmd_compile(args):
-    from . import plan as P
     from .compiler import compile as compile_model
 
     model = compile_model(args.source, num_classes=args.num_classes, update=args.update,
-                          arena_budget=None if args.smallest else P.DEVICE_ARENA_BYTES)
+                          arena_budget=arena_budget(args))
     mem = model.memory
     if args.report:
         print(model.plan.report(model.graph))
@@ -159,7 +170,8 @@ def cmd_bench(args):
     if os.path.isfile(args.source) and not args.source.endswith(".tflite"):
         model = Model.load(args.source)
     else:
-        model = compile_model(args.source, num_classes=args.num_classes, update=args.update)
+        model = compile_model(args.source, num_classes=args.num_classes, update=args.update,
+                              arena_budget=arena_budget(args))
     if args.device == "qemu":  # QEMU's UART takes half a minute for a zoo model: bake it into the flash
         dev = Device(qemu.QemuTransport(model=model), timeout=max(args.timeout, 60.0))
     else:
@@ -272,7 +284,7 @@ def parser():
     from . import demo
 
     p = Parser(prog="tinybridge", description="Drive a tinybridge device.")
-    p.add_argument("-d", "--device", default="sim", help='"sim" (default), "auto", a serial port or a pyserial URL')
+    p.add_argument("-d", "--device", default="sim", help='"sim" (default), "qemu", "auto", a serial port or a pyserial URL')
     p.add_argument("--flash", help="the sim's flash image file (kept between commands)")
     p.add_argument("-t", "--timeout", type=float, default=5.0, help="seconds to wait for each answer")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -287,8 +299,7 @@ def parser():
                         "(default: nothing, an inference model)")
     s.add_argument("--out", help="write the model blob here")
     s.add_argument("--report", action="store_true", help="print the memory plan step by step and its peak")
-    s.add_argument("--smallest", action="store_true",
-                   help="plan the smallest arena (default: the fastest plan that fits the device's 256 KB)")
+    add_smallest(s)
     s.set_defaults(run=cmd_compile)
     s = sub.add_parser("load", help="upload and commit a model blob")
     s.add_argument("blob")
@@ -318,6 +329,7 @@ def parser():
     s.add_argument("--update", default="49kb", help='what trains (default "49kb", a paper scheme)')
     s.add_argument("--steps", type=int, default=3, help="inferences and training steps to run (default 3)")
     s.add_argument("--top", type=int, default=None, help="list only the N costliest ops")
+    add_smallest(s)
     s.set_defaults(run=cmd_bench)
     s = sub.add_parser("experiment", help="run one of the paper's experiments (docs/experiments.md)")
     kinds = s.add_subparsers(dest="kind", required=True)
