@@ -13,8 +13,9 @@ Memory = namedtuple("Memory", "sram flash params peak_at")
 
 
 class Model:
-    """A Graph (tinybridge.graph) and its arena plan (tinybridge.plan, planned here when not given).
-    Build a new Model after changing what the graph trains."""
+    """A Graph (tinybridge.graph) and its arena plan (tinybridge.plan; when not given, planned here
+    for the smallest arena, as plan.plan(graph) does; tinybridge.compile plans for speed within the
+    device's arena). Build a new Model after changing what the graph trains."""
 
     def __init__(self, graph, plan=None):
         self.graph = graph
