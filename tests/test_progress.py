@@ -31,3 +31,11 @@ def test_a_terminal_redraws_one_line_and_blanks_a_shorter_one():
     first, second = term.getvalue().split("\r")[1:]
     assert len(second.rstrip("\n")) == len(first)
     assert second.startswith("train [" + "#" * 30 + "] 3/3 img") and second.endswith("\n")
+
+
+def test_a_slow_rate_keeps_its_digits():
+    log = io.StringIO()
+    bar = ProgressBar(100, "evaluate", unit="img", stream=log)
+    bar._start -= 25.0  # 1 image in 25 s
+    bar.update_to(1)
+    assert "(0.04 img/s)" in log.getvalue()

@@ -43,9 +43,9 @@ class ProgressBar:
         width = 30
         filled = width * self.n // self.total if self.total else width
         rate = (self.n - self._initial) / max(now - self._start, 1e-9)
-        line = "%s [%s%s] %d/%d %s (%.0f %s/s) %s" % (
-            self.desc, "#" * filled, "." * (width - filled), self.n, self.total, self.unit, rate, self.unit,
-            self.postfix)
+        line = "%s [%s%s] %d/%d %s (%s %s/s) %s" % (
+            self.desc, "#" * filled, "." * (width - filled), self.n, self.total, self.unit,
+            "%.0f" % rate if rate >= 10 else "%.2g" % rate, self.unit, self.postfix)
         # a shorter line than the last one must blank the rest of it on a terminal
         self._stream.write(start + line.ljust(self._width) + end)
         self._stream.flush()
