@@ -141,9 +141,10 @@ class Device:
         if self._runs_blob(blob):
             from .model import Model
 
+            model = model_or_path if isinstance(model_or_path, Model) else Model.from_bytes(blob)
             self.model = _parse_model_info(self.client.request(Command.MODEL_INFO))
             try:
-                self.write_params(Model.from_bytes(blob).params_region())
+                self.write_params(model.params_region())
                 return self.model
             except DeviceError as e:
                 if e.name != "TOO_LARGE":
