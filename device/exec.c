@@ -106,6 +106,19 @@ static uint16_t first_max(const int8_t *v, uint16_t n)
 
 static int row_call(const tb_model *m, uint32_t i, int32_t r0, int32_t r1, int8_t *y);
 
+/* Drops the rows of ring tensor t below row a (ring_first moves to a, or to the end of what it
+ * holds when that is below a). */
+static void ring_drop(const tb_model *m, uint16_t t, int32_t a)
+{
+    if (ring_first[t] >= a) return;
+    const uint32_t rb = tb_row_bytes(&m->tensors[t]);
+    uint8_t *buf = tb_model_buffer(m, m->tensors[t].buffer);
+    const int32_t drop = a - ring_first[t] < ring_rows[t] ? a - ring_first[t] : ring_rows[t];
+    memmove(buf, buf + (uint32_t)drop * rb, (uint32_t)(ring_rows[t] - drop) * rb);
+    ring_rows[t] = (uint16_t)(ring_rows[t] - drop);
+    ring_first[t] = (uint16_t)(ring_first[t] + drop);
+}
+
 /* Rows [first, first + n) of the streamed output of op pi in its buffer become [a, b): rows
  * below a are dropped (the rest moved down), missing rows computed one at a time. The profile
  * charges this to op pi. */
@@ -115,12 +128,8 @@ static int stream_fill(const tb_model *m, uint32_t pi, int32_t a, int32_t b)
     const uint16_t t = m->ops[pi].output;
     const uint32_t rb = tb_row_bytes(&m->tensors[t]);
     uint8_t *buf = tb_model_buffer(m, m->tensors[t].buffer);
-    if (ring_first[t] < a) {
-        const int32_t drop = a - ring_first[t] < ring_rows[t] ? a - ring_first[t] : ring_rows[t];
-        memmove(buf, buf + (uint32_t)drop * rb, (uint32_t)(ring_rows[t] - drop) * rb);
-        ring_rows[t] = (uint16_t)(ring_rows[t] - drop);
-        ring_first[t] = (uint16_t)(ring_rows[t] ? ring_first[t] + drop : a);
-    }
+    ring_drop(m, t, a);
+    if (!ring_rows[t] && ring_first[t] < a) ring_first[t] = (uint16_t)a; /* nothing kept: start at a */
     int rc = TB_OK;
     while (!rc && ring_first[t] + ring_rows[t] < b) {
         const int32_t r = ring_first[t] + ring_rows[t];
@@ -295,19 +304,6 @@ void tb_exec_input_begin(void)
     ring_first[m->header->input_tensor] = ring_rows[m->header->input_tensor] = 0;
     for (uint32_t k = 0; k < end; k++)
         ring_first[m->ops[k].output] = ring_rows[m->ops[k].output] = 0;
-}
-
-/* Drops the rows of ring tensor t below row a (ring_first moves to a, or to the end of what it
- * holds when that is below a). */
-static void ring_drop(const tb_model *m, uint16_t t, int32_t a)
-{
-    if (ring_first[t] >= a) return;
-    const uint32_t rb = tb_row_bytes(&m->tensors[t]);
-    uint8_t *buf = tb_model_buffer(m, m->tensors[t].buffer);
-    const int32_t drop = a - ring_first[t] < ring_rows[t] ? a - ring_first[t] : ring_rows[t];
-    memmove(buf, buf + (uint32_t)drop * rb, (uint32_t)(ring_rows[t] - drop) * rb);
-    ring_rows[t] = (uint16_t)(ring_rows[t] - drop);
-    ring_first[t] = (uint16_t)(ring_first[t] + drop);
 }
 
 /* The rows op k has computed (its output's next row). */
